@@ -1,0 +1,1 @@
+"""Python package of the X-ray -> CT bundle (imported by the configs as `scripts`)."""

@@ -1,0 +1,36 @@
+"""Projection physics shared by the data pipeline, the depth lifting and the DRR consistency loss.
+
+geometry (frames, rays, point projection) -> renderer (exact line integrals, batched, differentiable) ->
+intensity helpers (HU <-> μ, Beer–Lambert, network normalisation).
+"""
+
+from .analytic import Ellipsoid, ellipsoid_line_integrals, voxelize_ellipsoids
+from .geometry import VIEW_ANGLES_DEG, ProjectionGeometry, Rays
+from .intensity import (
+    beer_lambert,
+    hu_to_mu,
+    line_integral_from_intensity,
+    line_integral_to_network,
+    mu_to_hu,
+    network_to_line_integral,
+)
+from .renderer import DRRRenderer
+from .projector import PROJECTORS, system_matrix
+
+__all__ = [
+    "DRRRenderer",
+    "PROJECTORS",
+    "Ellipsoid",
+    "ProjectionGeometry",
+    "Rays",
+    "VIEW_ANGLES_DEG",
+    "beer_lambert",
+    "ellipsoid_line_integrals",
+    "hu_to_mu",
+    "line_integral_from_intensity",
+    "line_integral_to_network",
+    "mu_to_hu",
+    "network_to_line_integral",
+    "system_matrix",
+    "voxelize_ellipsoids",
+]
