@@ -25,7 +25,7 @@ __all__ = ["render_demo", "volume_affine"]
 def volume_affine(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
     """RAS affine (4×4, mm) of a grid of ``shape`` voxels whose centre is the world origin (the isocentre)."""
     affine = np.diag([*map(float, spacing_mm), 1.0])
-    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing_mm)]
+    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing_mm, strict=True)]
     return affine
 
 
@@ -97,7 +97,7 @@ def render_demo(
 
     ph, pw = geometry.pixel_spacing_mm
     views = {}
-    for name, image in zip(names, drr):
+    for name, image in zip(names, drr, strict=True):
         nifti = nib.Nifti1Image(image.T[:, :, None].astype(np.float32), np.diag([pw, ph, 1.0, 1.0]))
         _atomic_write(out / f"drr_{name}.nii.gz", lambda p, img=nifti: nib.save(img, p), overwrite)
         png = Image.fromarray(_preview(image, max_line_integral))
@@ -107,7 +107,12 @@ def render_demo(
             "max": float(image.max()),
             "mean": float(image.mean()),
         }
-    summary = {"geometry": repr(geometry), "projector": renderer.method, "volume_shape": list(volume_shape),
-               "spacing_mm": list(map(float, spacing_mm)), "line_integrals": views}
+    summary = {
+        "geometry": repr(geometry),
+        "projector": renderer.method,
+        "volume_shape": list(volume_shape),
+        "spacing_mm": list(map(float, spacing_mm)),
+        "line_integrals": views,
+    }
     _atomic_write(targets[1], lambda p: Path(p).write_text(json.dumps(summary, indent=2)), overwrite)
     return summary

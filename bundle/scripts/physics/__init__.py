@@ -14,8 +14,8 @@ from .intensity import (
     mu_to_hu,
     network_to_line_integral,
 )
-from .renderer import DRRRenderer
 from .projector import PROJECTORS, system_matrix
+from .renderer import DRRRenderer
 
 __all__ = [
     "DRRRenderer",

@@ -36,7 +36,7 @@ class Ellipsoid:
             raise ValueError(f"Ellipsoid semi_axes_mm must be positive, got {self.semi_axes_mm}.")
 
     @classmethod
-    def from_config(cls, item: "Ellipsoid | Mapping") -> "Ellipsoid":
+    def from_config(cls, item: Ellipsoid | Mapping) -> Ellipsoid:
         """Build from a YAML mapping with keys ``center_mm``, ``semi_axes_mm``, ``value``."""
         if isinstance(item, Ellipsoid):
             return item
@@ -109,7 +109,7 @@ def voxelize_ellipsoids(
     if n < 1:
         raise ValueError(f"supersample must be a positive integer, got {supersample!r}.")
     axes = []
-    for size, s in zip(shape, spacing_mm):
+    for size, s in zip(shape, spacing_mm, strict=True):
         centres = (torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0) * s
         axes.append(centres)
     offsets = (torch.arange(n, dtype=torch.float64) + 0.5) / n - 0.5  # sub-voxel offsets in voxel units

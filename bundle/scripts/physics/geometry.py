@@ -97,7 +97,9 @@ class ProjectionGeometry:
                 raise ValueError(f"views: each view must be a name or a finite angle in degrees, got {view!r}.")
         sid, sdd = float(source_to_isocenter_mm), float(source_to_detector_mm)
         if not (math.isfinite(sid) and sid > 0):
-            raise ValueError(f"source_to_isocenter_mm must be a positive distance in mm, got {source_to_isocenter_mm!r}.")
+            raise ValueError(
+                f"source_to_isocenter_mm must be a positive distance in mm, got {source_to_isocenter_mm!r}."
+            )
         if not (math.isfinite(sdd) and sdd > sid):
             raise ValueError(
                 f"source_to_detector_mm must be larger than source_to_isocenter_mm ({sid} mm), "
@@ -167,9 +169,10 @@ class ProjectionGeometry:
         f = self.frames(device)
         rows, cols = self._pixel_offsets(device)
         # Pixel-centre offsets inside the (isocentre or detector) plane: (V, H, W, 3).
-        offsets = rows[None, :, None, None] * f["row"][:, None, None, :] + cols[None, None, :, None] * f["column"][
-            :, None, None, :
-        ]
+        offsets = (
+            rows[None, :, None, None] * f["row"][:, None, None, :]
+            + cols[None, None, :, None] * f["column"][:, None, None, :]
+        )
         beam = f["beam"][:, None, None, :].expand_as(offsets)  # (V, H, W, 3)
         if self.parallel:
             origins = offsets - self.source_to_isocenter_mm * beam  # (V, H, W, 3)

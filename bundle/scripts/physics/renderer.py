@@ -56,7 +56,7 @@ class _Project(torch.autograd.Function):
         blocks: _ProjectionBlocks = ctx.blocks
         grad = grad.contiguous()
         out = None
-        for a_t, (lo, hi) in zip(blocks.transposed, blocks.bounds):
+        for a_t, (lo, hi) in zip(blocks.transposed, blocks.bounds, strict=True):
             part = a_t @ grad[lo:hi]
             out = part if out is None else out + part
         return out, None
@@ -148,11 +148,15 @@ class DRRRenderer(nn.Module):
         lengths = self.ray_lengths.to(device=device, dtype=torch.float64)
         for lo in range(0, self.num_rays, step):
             hi = min(lo + step, self.num_rays)
-            yield lo, hi, system_matrix(
-                origins[lo:hi], directions[lo:hi], lengths[lo:hi], shape, spacing, self.method, dtype
+            yield (
+                lo,
+                hi,
+                system_matrix(origins[lo:hi], directions[lo:hi], lengths[lo:hi], shape, spacing, self.method, dtype),
             )
 
-    def _blocks(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], dtype, device) -> _ProjectionBlocks:
+    def _blocks(
+        self, shape: tuple[int, int, int], spacing: tuple[float, float, float], dtype, device
+    ) -> _ProjectionBlocks:
         """All system-matrix blocks of a grid, cached per ``(grid, spacing, dtype, device)``."""
         key = (shape, spacing, dtype, str(device))
         if key not in self._cache:
