@@ -58,3 +58,20 @@ def test_network_scale_is_fixed_and_invertible():
 def test_bad_constants_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_composer_chains_hu_to_network_scale_and_passes_gradients():
+    from scripts.physics import DRRRenderer, ProjectionGeometry, RadiographComposer
+
+    g = ProjectionGeometry(views=("pa", "lateral"), detector_shape=(5, 6), pixel_spacing_mm=20.0)
+    renderer = DRRRenderer(g)
+    composer = RadiographComposer(renderer, mu_water=MU_WATER, max_line_integral=10.0)
+    hu = (torch.rand(2, 1, 8, 8, 8) * 2000.0 - 1000.0).requires_grad_(True)
+    out = composer(hu, (10.0, 10.0, 10.0))
+    expected = 2.0 * renderer(hu_to_mu(hu, MU_WATER), (10.0, 10.0, 10.0)) / 10.0 - 1.0
+    torch.testing.assert_close(out, expected)
+    # Empty space renders as -1, the bottom of the fixed scale.
+    air = composer(torch.full((1, 1, 8, 8, 8), -1000.0), (10.0, 10.0, 10.0))
+    torch.testing.assert_close(air, torch.full_like(air, -1.0))
+    out.sum().backward()
+    assert hu.grad is not None and hu.grad.abs().sum() > 0

@@ -139,6 +139,16 @@ def test_bf16_autocast_renders_in_float32():
     torch.testing.assert_close(out, renderer(mu.float(), (10.0, 10.0, 10.0)), rtol=1e-6, atol=1e-6)
 
 
+def test_module_casts_keep_the_geometry_in_float64():
+    g = ProjectionGeometry(views=("pa",), detector_shape=(4, 4), pixel_spacing_mm=3.0)
+    renderer = DRRRenderer(g)
+    mu = torch.rand(1, 1, 6, 6, 6)
+    before = renderer(mu, (5.0, 5.0, 5.0))
+    renderer.to(torch.bfloat16)
+    assert renderer.ray_origins.dtype == torch.float64 and renderer._cache == {}
+    torch.testing.assert_close(renderer(mu, (5.0, 5.0, 5.0)), before)
+
+
 def test_stage4_grid_renders_in_streaming_chunks():
     # 512 x 512 x 604 voxels (the optional stage 4), traced block by block without caching the system matrix.
     shape, spacing = (512, 512, 604), (0.625, 0.625, 0.5)

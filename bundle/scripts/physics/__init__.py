@@ -1,10 +1,12 @@
 """Projection physics shared by the data pipeline, the depth lifting and the DRR consistency loss.
 
 geometry (frames, rays, point projection) -> renderer (exact line integrals, batched, differentiable) ->
-intensity helpers (HU <-> μ, Beer–Lambert, network normalisation).
+intensity helpers (HU <-> μ, Beer–Lambert, network normalisation) -> composer (HU -> network-scale images,
+shared by the data transform and the physics loss).
 """
 
 from .analytic import Ellipsoid, ellipsoid_line_integrals, voxelize_ellipsoids
+from .composer import RadiographComposer
 from .geometry import VIEW_ANGLES_DEG, ProjectionGeometry, Rays
 from .intensity import (
     beer_lambert,
@@ -22,6 +24,7 @@ __all__ = [
     "PROJECTORS",
     "Ellipsoid",
     "ProjectionGeometry",
+    "RadiographComposer",
     "Rays",
     "VIEW_ANGLES_DEG",
     "beer_lambert",

@@ -138,9 +138,16 @@ class DRRRenderer(nn.Module):
         return self.ray_lengths.shape[0]
 
     def _apply(self, fn, recurse=True):
-        # Moving the module moves the ray buffers; matrices traced on the old device are dropped.
+        # Moving the module moves the ray buffers; matrices traced on the old device are dropped. A dtype cast of a
+        # parent network (``.half()``, ``.to(torch.bfloat16)``) must not round the geometry: the rays are rebuilt
+        # in float64 on the new device.
         self._cache.clear()
-        return super()._apply(fn, recurse)
+        module = super()._apply(fn, recurse)
+        rays = self.geometry.rays(device=self.ray_origins.device)
+        self.ray_origins = rays.origins.reshape(-1, 3)
+        self.ray_directions = rays.directions.reshape(-1, 3)
+        self.ray_lengths = rays.lengths.reshape(-1)
+        return module
 
     def _trace(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], dtype, device):
         """Yield ``(first_ray, end_ray, matrix)`` system-matrix blocks traced on ``device``."""
