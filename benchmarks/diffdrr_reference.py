@@ -15,15 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from scripts.physics import ProjectionGeometry
-
-
-def centred_affine(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
-    affine = np.diag([*map(float, spacing_mm), 1.0])
-    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing_mm, strict=True)]
-    return affine
+from scripts.physics import ProjectionGeometry, centred_affine
 
 
 def poses(geometry: ProjectionGeometry) -> torch.Tensor:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -17,30 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .physics import DRRRenderer, mu_to_hu, voxelize_ellipsoids
+from .physics import DRRRenderer, centred_affine, mu_to_hu, voxelize_ellipsoids
+from .utils import atomic_write
 
-__all__ = ["render_demo", "volume_affine"]
-
-
-def volume_affine(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
-    """RAS affine (4×4, mm) of a grid of ``shape`` voxels whose centre is the world origin (the isocentre)."""
-    affine = np.diag([*map(float, spacing_mm), 1.0])
-    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing_mm, strict=True)]
-    return affine
-
-
-def _atomic_write(path: Path, writer: Callable[[str], None], overwrite: bool) -> None:
-    """Write through a temporary file in the same folder, then rename; refuse to replace unless asked."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite true) to replace it.")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+__all__ = ["render_demo"]
 
 
 def _preview(line_integral: np.ndarray, max_line_integral: float) -> np.ndarray:
@@ -91,17 +70,17 @@ def render_demo(
     with torch.no_grad():
         drr = renderer(mu[None, None], spacing_mm)[0].cpu().numpy()  # (V, H, W)
     hu = mu_to_hu(mu, mu_water).numpy().astype(np.float32)
-    ct = nib.Nifti1Image(hu, volume_affine(volume_shape, spacing_mm))
+    ct = nib.Nifti1Image(hu, centred_affine(volume_shape, spacing_mm))
     ct.header.set_xyzt_units("mm")
-    _atomic_write(targets[0], lambda p: nib.save(ct, p), overwrite)
+    atomic_write(targets[0], lambda p: nib.save(ct, p), overwrite)
 
     ph, pw = geometry.pixel_spacing_mm
     views = {}
     for name, image in zip(names, drr, strict=True):
         nifti = nib.Nifti1Image(image.T[:, :, None].astype(np.float32), np.diag([pw, ph, 1.0, 1.0]))
-        _atomic_write(out / f"drr_{name}.nii.gz", lambda p, img=nifti: nib.save(img, p), overwrite)
+        atomic_write(out / f"drr_{name}.nii.gz", lambda p, img=nifti: nib.save(img, p), overwrite)
         png = Image.fromarray(_preview(image, max_line_integral))
-        _atomic_write(out / f"drr_{name}.png", lambda p, img=png: img.save(p, format="PNG"), overwrite)
+        atomic_write(out / f"drr_{name}.png", lambda p, img=png: img.save(p, format="PNG"), overwrite)
         views[name] = {
             "min": float(image.min()),
             "max": float(image.max()),
@@ -114,5 +93,5 @@ def render_demo(
         "spacing_mm": list(map(float, spacing_mm)),
         "line_integrals": views,
     }
-    _atomic_write(targets[1], lambda p: Path(p).write_text(json.dumps(summary, indent=2)), overwrite)
+    atomic_write(targets[1], lambda p: Path(p).write_text(json.dumps(summary, indent=2)), overwrite)
     return summary

@@ -94,7 +94,9 @@ class _Grid:
         return mask
 
 
-def _vessel_tree(rng: np.random.Generator, hilum: np.ndarray, side: float, depth: int) -> list[tuple[np.ndarray, float]]:
+def _vessel_tree(
+    rng: np.random.Generator, hilum: np.ndarray, side: float, depth: int
+) -> list[tuple[np.ndarray, float]]:
     """Branching polylines from a hilum outward (side = +1 right lung, -1 left lung); (points, radius) pairs.
 
     Three trunks (upper, middle, lower lobe directions) split in two at every level, thinning by 0.7 per split.

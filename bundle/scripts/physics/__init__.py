@@ -7,7 +7,7 @@ shared by the data transform and the physics loss).
 
 from .analytic import Ellipsoid, ellipsoid_line_integrals, voxelize_ellipsoids
 from .composer import RadiographComposer
-from .geometry import VIEW_ANGLES_DEG, ProjectionGeometry, Rays
+from .geometry import VIEW_ANGLES_DEG, ProjectionGeometry, Rays, centred_affine
 from .intensity import (
     beer_lambert,
     hu_to_mu,
@@ -28,6 +28,7 @@ __all__ = [
     "Rays",
     "VIEW_ANGLES_DEG",
     "beer_lambert",
+    "centred_affine",
     "ellipsoid_line_integrals",
     "hu_to_mu",
     "line_integral_from_intensity",

@@ -21,9 +21,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-__all__ = ["VIEW_ANGLES_DEG", "ProjectionGeometry", "Rays"]
+__all__ = ["VIEW_ANGLES_DEG", "ProjectionGeometry", "Rays", "centred_affine"]
 
 #: Named views and their gantry angles in degrees (see the module docstring for the frame).
 VIEW_ANGLES_DEG: dict[str, float] = {"pa": 0.0, "lateral": 90.0}
@@ -42,6 +43,13 @@ class Rays:
     origins: torch.Tensor
     directions: torch.Tensor
     lengths: torch.Tensor
+
+
+def centred_affine(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
+    """RAS affine (4×4, mm) of a grid whose centre is the world origin, i.e. the isocentre of the renderer."""
+    affine = np.diag([*map(float, spacing_mm), 1.0])
+    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing_mm, strict=True)]
+    return affine
 
 
 def _as_pair(value: float | Sequence[float] | Sequence[int], name: str, kind: type) -> tuple:

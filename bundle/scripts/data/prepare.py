@@ -1,0 +1,132 @@
+"""The prepare workflow: build ``DIR/datalist.json`` and its volumes from synthetic phantoms or a CT folder.
+
+Output layout (paths in the datalist are relative to ``dataset_dir``, as MONAI's
+``load_decathlon_datalist(..., base_dir=dataset_dir)`` expects)::
+
+    DIR/datalist.json        {"training": [{"image": "volumes/....nii.gz"}, ...], "validation": [...], "test": [...]}
+    DIR/volumes/*.nii.gz     CT in HU (int16, RAS affine in mm)
+    DIR/labels/*.nii.gz      phantom label maps (synthetic data only)
+    DIR/prepare_report.json  what was written, what failed and why
+
+Volumes from ``source_dir`` are validated, reoriented to RAS and written as NIfTI under anonymous names
+(``case_0000``...); their original paths are not recorded unless ``record_sources`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..physics import centred_affine
+from ..utils import atomic_write
+from .io import find_ct_sources, load_ct, write_nifti
+from .phantom import synthetic_chest_ct
+
+__all__ = ["prepare_dataset", "split_cases"]
+
+logger = logging.getLogger(__name__)
+
+
+def split_cases(n: int, fractions: Sequence[float], seed: int) -> tuple[list[int], list[int], list[int]]:
+    """Reproducible (training, validation, test) indices: a seeded shuffle cut by ``fractions``.
+
+    From three cases on, validation and test get at least one case each when their fraction is positive.
+    """
+    if len(fractions) != 3 or any(f < 0 or not math.isfinite(f) for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"split must be three non-negative fractions (training, validation, test), got {fractions}.")
+    total = float(sum(fractions))
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    sizes = [round(n * f / total) for f in fractions[1:]]
+    if n >= 3:
+        sizes = [max(1, s) if f > 0 else 0 for s, f in zip(sizes, fractions[1:], strict=True)]
+    n_val, n_test = sizes
+    n_train = max(0, n - n_val - n_test)
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val : n_train + n_val + n_test]
+
+
+def prepare_dataset(
+    dataset_dir: str | os.PathLike,
+    synthetic_count: int = 16,
+    source_dir: str | os.PathLike | None = None,
+    synthetic_size: int | Sequence[int] = 128,
+    synthetic_spacing_mm: float | Sequence[float] = 2.5,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    overwrite: bool = False,
+    record_sources: bool = False,
+) -> dict:
+    """Write a data set and its datalist; returns the datalist.
+
+    Args:
+        dataset_dir: destination folder.
+        synthetic_count: phantoms to generate when ``source_dir`` is not given.
+        source_dir: folder of CTs (NIfTI/NRRD/MHA files, DICOM series folders) to take instead of phantoms.
+        synthetic_size, synthetic_spacing_mm: phantom grid (voxels) and voxel size (mm).
+        split: (training, validation, test) fractions.
+        seed: seed of the split and of the phantoms (phantom ``i`` uses ``seed + i``).
+        overwrite: replace an existing data set in ``dataset_dir``.
+        record_sources: add each case's source path to the datalist (may expose identifying file names).
+
+    Raises:
+        FileExistsError: ``dataset_dir`` already holds a datalist and ``overwrite`` is false.
+        ValueError: bad arguments, an empty ``source_dir``, or no readable CT at all (each failure is named).
+    """
+    out = Path(dataset_dir)
+    datalist_path = out / "datalist.json"
+    if datalist_path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{datalist_path} exists; refusing to overwrite a prepared data set (pass --overwrite true to rebuild)."
+        )
+    cases: list[dict] = []
+    failures: list[dict] = []
+    if source_dir is None:
+        if int(synthetic_count) < 1:
+            raise ValueError(f"synthetic_count must be a positive number of phantoms, got {synthetic_count!r}.")
+        for i in range(int(synthetic_count)):
+            hu, labels = synthetic_chest_ct(synthetic_size, synthetic_spacing_mm, seed=seed + i)
+            spacing = (
+                (float(synthetic_spacing_mm),) * 3
+                if isinstance(synthetic_spacing_mm, (int, float))
+                else tuple(map(float, synthetic_spacing_mm))
+            )
+            affine = centred_affine(hu.shape, spacing)
+            name = f"phantom_{i:04d}.nii.gz"
+            write_nifti(out / "volumes" / name, np.round(hu).astype(np.int16), affine, overwrite)
+            write_nifti(out / "labels" / name, labels, affine, overwrite)
+            cases.append({"image": f"volumes/{name}", "label": f"labels/{name}"})
+    else:
+        sources = find_ct_sources(source_dir)
+        for i, src in enumerate(sources):
+            name = f"case_{i:04d}.nii.gz"
+            try:
+                img = load_ct(src)
+            except ValueError as err:
+                failures.append({"source": str(src), "error": str(err)})
+                logger.error("prepare: skipped %s", err)
+                continue
+            hu = np.round(img[0].numpy()).clip(-32768, 32767).astype(np.int16)
+            write_nifti(out / "volumes" / name, hu, img.affine.numpy(), overwrite)
+            case = {"image": f"volumes/{name}"}
+            if record_sources:
+                case["source"] = str(src)
+            cases.append(case)
+        if not cases:
+            listed = "; ".join(f["error"] for f in failures)
+            raise ValueError(f"source_dir {source_dir}: no readable CT volume. {listed}")
+    train, val, test = split_cases(len(cases), split, seed)
+    datalist = {
+        "training": [cases[i] for i in train],
+        "validation": [cases[i] for i in val],
+        "test": [cases[i] for i in test],
+    }
+    report = {"cases": len(cases), "failures": failures, "source": "synthetic" if source_dir is None else "source_dir"}
+    atomic_write(out / "prepare_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)), True)
+    atomic_write(datalist_path, lambda p: Path(p).write_text(json.dumps(datalist, indent=2)), overwrite)
+    logger.info("prepare: %d cases in %s (%d failed)", len(cases), out, len(failures))
+    return datalist
