@@ -93,6 +93,10 @@ def test_magnification_at_isocentre():
         ({"detector_shape": (0, 4)}, "detector_shape must be positive"),
         ({"detector_shape": (4, 4, 4)}, "detector_shape must be a number or a pair"),
         ({"pixel_spacing_mm": (1.0, -1.0)}, "pixel_spacing_mm must be positive"),
+        ({"source_to_isocenter_mm": "abc"}, "source_to_isocenter_mm must be a number, got 'abc'"),
+        ({"detector_shape": 128.7}, "detector_shape must be an integer, got 128.7"),
+        ({"detector_shape": "ab"}, "detector_shape must be a number or a pair"),
+        ({"views": (True,)}, "views: each view must be a name or a finite angle"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, message):

@@ -75,10 +75,13 @@ def test_siddon_is_exact_for_piecewise_constant_voxels():
     torch.testing.assert_close(drr, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("view, expected_side", [("pa", "left"), ("lateral", "left")])
+@pytest.mark.parametrize(
+    "view, expected_side", [("pa", "left"), ("lateral", "left"), (180.0, "right"), (270.0, "right")]
+)
 def test_marker_lands_where_the_display_convention_says(view, expected_side):
     # A dense marker on the patient's right, anterior and superior: PA shows it on the image's left (patient's
-    # right) and top; the lateral view shows it on the left (anterior) and top.
+    # right) and top; the lateral view shows it on the left (anterior) and top. Seen from a detector behind the
+    # patient (180°, AP beam) the patient's right is on the right; from the right side (270°) anterior is right.
     shape, spacing = (32, 32, 32), (5.0, 5.0, 5.0)
     mu = torch.zeros(1, 1, *shape)
     i, j, k = 26, 24, 28  # a 2-voxel cube centred at x = +50 (right), y = +40 (anterior), z = +60 (superior) mm
@@ -130,6 +133,8 @@ def test_chunked_streaming_and_batched_calls_agree():
 
 
 def test_bf16_autocast_renders_in_float32():
+    # Were the projection run in bf16 (8-bit mantissa), sums of hundreds of voxels would be off by ~1e-2
+    # relative; the tolerance below only holds for a float32 evaluation.
     g = ProjectionGeometry(views=("pa", "lateral"), detector_shape=(16, 16), pixel_spacing_mm=12.0)
     mu = (torch.rand(2, 1, 16, 16, 16) * 0.03).to(torch.bfloat16)
     renderer = DRRRenderer(g)
@@ -145,8 +150,43 @@ def test_module_casts_keep_the_geometry_in_float64():
     mu = torch.rand(1, 1, 6, 6, 6)
     before = renderer(mu, (5.0, 5.0, 5.0))
     renderer.to(torch.bfloat16)
-    assert renderer.ray_origins.dtype == torch.float64 and renderer._cache == {}
+    # The geometry stays float64 and the traced matrices stay valid: nothing moved.
+    assert renderer.ray_origins.dtype == torch.float64 and len(renderer._cache) == 1
     torch.testing.assert_close(renderer(mu, (5.0, 5.0, 5.0)), before)
+
+
+def test_deepcopy_spacing_keys_and_cache_bound():
+    import copy
+
+    g = ProjectionGeometry(views=("pa",), detector_shape=(4, 4), pixel_spacing_mm=3.0)
+    renderer = DRRRenderer(g, max_cached_grids=2)
+    mu = torch.rand(1, 1, 6, 6, 6)
+    out = renderer(mu, (0.7, 0.7, 0.7))
+    # The same spacing as a float32 tensor reuses the traced matrix.
+    torch.testing.assert_close(renderer(mu, torch.tensor([0.7, 0.7, 0.7])), out)
+    assert len(renderer._cache) == 1
+    # Copies (an EMA model, say) start without the sparse cache and render the same images.
+    clone = copy.deepcopy(renderer)
+    assert len(clone._cache) == 0
+    torch.testing.assert_close(clone(mu, (0.7, 0.7, 0.7)), out)
+    for size in (5, 7, 8):
+        renderer(torch.rand(1, 1, size, size, size), (1.0, 1.0, 1.0))
+    assert len(renderer._cache) == 2  # least recently used grids are dropped
+
+
+def test_half_precision_meta_tensor_and_empty_batch():
+    from monai.data import MetaTensor
+
+    g = ProjectionGeometry(views=("pa", "lateral"), detector_shape=(4, 5), pixel_spacing_mm=3.0)
+    renderer = DRRRenderer(g)
+    # float16 sums of a large volume overflow; the NaN/Inf check must not mistake that for bad input.
+    big = torch.full((1, 1, 64, 64, 64), 0.04, dtype=torch.float16)
+    out = renderer(big, (5.0, 5.0, 5.0))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out[0, 0, 1, 2].item() == pytest.approx(0.04 * 320.0, rel=2e-3)  # through 64 x 5 mm
+    meta = MetaTensor(torch.rand(1, 1, 6, 6, 6))
+    assert type(renderer(meta, (5.0, 5.0, 5.0))) is torch.Tensor
+    assert renderer(torch.zeros(0, 1, 6, 6, 6), (5.0, 5.0, 5.0)).shape == (0, 2, 4, 5)
 
 
 def test_stage4_grid_renders_in_streaming_chunks():

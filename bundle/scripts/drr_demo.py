@@ -40,8 +40,9 @@ def render_demo(
     """Render the demo phantom and write its CT and radiographs.
 
     Writes to ``output_dir``: ``phantom_ct.nii.gz`` (HU, RAS affine in mm), ``drr_<view>.nii.gz`` (line
-    integrals, array axes (column, row) with pixel spacing in mm), ``drr_<view>.png`` (display preview, top row =
-    superior) and ``drr_summary.json`` (geometry and per-view statistics).
+    integrals, array axes (column, row), pixel spacing in mm, shown by NIfTI viewers as the PNG),
+    ``drr_<view>.png`` (display preview, top row = superior) and ``drr_summary.json`` (geometry and per-view
+    statistics).
 
     Args:
         renderer: the DRR renderer holding the geometry.
@@ -59,6 +60,8 @@ def render_demo(
     out.mkdir(parents=True, exist_ok=True)
     geometry = renderer.geometry
     names = [v if isinstance(v, str) else f"gantry{v:g}" for v in geometry.views]
+    if len(set(names)) != len(names):
+        raise ValueError(f"geometry views must be distinct to name the output files, got {list(geometry.views)}.")
     targets = [out / "phantom_ct.nii.gz", out / "drr_summary.json"]
     targets += [out / f"drr_{n}.{ext}" for n in names for ext in ("nii.gz", "png")]
     if not overwrite:
@@ -77,7 +80,9 @@ def render_demo(
     ph, pw = geometry.pixel_spacing_mm
     views = {}
     for name, image in zip(names, drr, strict=True):
-        nifti = nib.Nifti1Image(image.T[:, :, None].astype(np.float32), np.diag([pw, ph, 1.0, 1.0]))
+        # Axes (column, row); the negative axis directions make NIfTI viewers, which draw +x (R) on the screen's
+        # left and +y (A) at the top, show the image as the PNG: row 0 at the top, column 0 on the left.
+        nifti = nib.Nifti1Image(image.T[:, :, None].astype(np.float32), np.diag([-pw, -ph, 1.0, 1.0]))
         atomic_write(out / f"drr_{name}.nii.gz", lambda p, img=nifti: nib.save(img, p), overwrite)
         png = Image.fromarray(_preview(image, max_line_integral))
         atomic_write(out / f"drr_{name}.png", lambda p, img=png: img.save(p, format="PNG"), overwrite)

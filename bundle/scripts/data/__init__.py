@@ -1,5 +1,28 @@
 """Data: synthetic chest phantoms, CT and radiograph readers, preprocessing and on-the-fly X-ray rendering."""
 
+from .io import CT_SUFFIXES, find_ct_sources, load_ct, write_ct_dicom_series, write_nifti
 from .phantom import PHANTOM_LABELS, synthetic_chest_ct
+from .prepare import prepare_dataset, split_cases
+from .radiograph import RADIOGRAPH_MODALITIES, radiograph_to_network, read_radiograph
+from .transforms import CropOrPadToFieldOfViewd, RenderXrayd, StageResized, ValidateCTd, source_name, voxel_spacing
 
-__all__ = ["PHANTOM_LABELS", "synthetic_chest_ct"]
+__all__ = [
+    "CT_SUFFIXES",
+    "CropOrPadToFieldOfViewd",
+    "PHANTOM_LABELS",
+    "RADIOGRAPH_MODALITIES",
+    "RenderXrayd",
+    "StageResized",
+    "ValidateCTd",
+    "find_ct_sources",
+    "load_ct",
+    "prepare_dataset",
+    "radiograph_to_network",
+    "read_radiograph",
+    "source_name",
+    "split_cases",
+    "synthetic_chest_ct",
+    "voxel_spacing",
+    "write_ct_dicom_series",
+    "write_nifti",
+]

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Affine, BorderPad, GaussianSmooth, MapTransform, Randomizable, SpatialCrop
+from monai.transforms import Affine, BorderPad, GaussianSmooth, MapTransform, Randomizable, Resize, SpatialCrop
 
 from ..physics import RadiographComposer, line_integral_to_network
 
-__all__ = ["CropOrPadToFieldOfViewd", "RenderXrayd", "ValidateCTd", "source_name", "voxel_spacing"]
+__all__ = ["CropOrPadToFieldOfViewd", "RenderXrayd", "StageResized", "ValidateCTd", "source_name", "voxel_spacing"]
 
 
 def source_name(img) -> str:
@@ -248,3 +248,25 @@ class RenderXrayd(Randomizable, MapTransform):
     def _torch_generator(self) -> torch.Generator:
         """A torch generator seeded from this transform's numpy state (reproducible under set_random_state)."""
         return torch.Generator().manual_seed(int(self.R.randint(0, 2**31 - 1)))
+
+
+class StageResized(MapTransform):
+    """Add one copy of each key per cascade stage, resized to that stage's cubic grid: ``{key}_{size}``.
+
+    The field of view is unchanged, so a stage of ``size`` voxels has spacing ``fov / size``; the affine follows.
+    Downsampling uses area averaging (no aliasing of thin bone), upsampling trilinear interpolation.
+    """
+
+    def __init__(self, keys: KeysCollection, sizes: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not sizes or any(int(s) < 1 for s in sizes):
+            raise ValueError(f"sizes must list positive stage grid sizes, got {sizes!r}.")
+        self.sizes = [int(s) for s in sizes]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for size in self.sizes:
+                mode = "area" if size <= min(d[key].shape[1:]) else "trilinear"
+                d[f"{key}_{size}"] = Resize(spatial_size=(size,) * 3, mode=mode)(d[key])
+        return d

@@ -18,6 +18,7 @@ anterior on the image's left for the lateral view (the radiological display of c
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,12 +53,23 @@ def centred_affine(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndar
     return affine
 
 
-def _as_pair(value: float | Sequence[float] | Sequence[int], name: str, kind: type) -> tuple:
-    """Broadcast a scalar to a pair and check the length."""
-    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(pair) != 2:
+def _number(value, name: str, integer: bool = False) -> float | int:
+    """A real number (an integral one if ``integer``) or a ``ValueError`` naming the argument; no bools, no strings."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        if integer and isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return int(value) if integer else float(value)
+
+
+def _as_pair(value, name: str, integer: bool) -> tuple:
+    """Broadcast a scalar to a pair of numbers and check the length."""
+    pair = (value, value) if isinstance(value, numbers.Real) else tuple(value) if isinstance(value, Sequence) else None
+    if pair is None or isinstance(value, str) or len(pair) != 2:
         raise ValueError(f"{name} must be a number or a pair (rows, columns), got {value!r}.")
-    return tuple(kind(v) for v in pair)
+    return tuple(_number(v, name, integer) for v in pair)
 
 
 class ProjectionGeometry:
@@ -85,7 +97,7 @@ class ProjectionGeometry:
         pixel_spacing_mm: float | Sequence[float] = (2.5, 2.5),  # (row, column) pitch
         parallel: bool = False,
     ) -> None:
-        if isinstance(views, (str, int, float)):
+        if isinstance(views, (str, numbers.Real)):
             views = (views,)
         if len(views) == 0:
             raise ValueError("views must name at least one view, got an empty sequence.")
@@ -99,11 +111,12 @@ class ProjectionGeometry:
                         "or a gantry angle in degrees."
                     )
                 angles.append(VIEW_ANGLES_DEG[key])
-            elif isinstance(view, (int, float)) and math.isfinite(view):
+            elif isinstance(view, numbers.Real) and not isinstance(view, bool) and math.isfinite(view):
                 angles.append(float(view))
             else:
                 raise ValueError(f"views: each view must be a name or a finite angle in degrees, got {view!r}.")
-        sid, sdd = float(source_to_isocenter_mm), float(source_to_detector_mm)
+        sid = _number(source_to_isocenter_mm, "source_to_isocenter_mm")
+        sdd = _number(source_to_detector_mm, "source_to_detector_mm")
         if not (math.isfinite(sid) and sid > 0):
             raise ValueError(
                 f"source_to_isocenter_mm must be a positive distance in mm, got {source_to_isocenter_mm!r}."
@@ -113,10 +126,10 @@ class ProjectionGeometry:
                 f"source_to_detector_mm must be larger than source_to_isocenter_mm ({sid} mm), "
                 f"got {source_to_detector_mm!r}."
             )
-        shape = _as_pair(detector_shape, "detector_shape", int)
+        shape = _as_pair(detector_shape, "detector_shape", integer=True)
         if min(shape) < 1:
             raise ValueError(f"detector_shape must be positive (rows, columns), got {detector_shape!r}.")
-        spacing = _as_pair(pixel_spacing_mm, "pixel_spacing_mm", float)
+        spacing = _as_pair(pixel_spacing_mm, "pixel_spacing_mm", integer=False)
         if not all(math.isfinite(s) and s > 0 for s in spacing):
             raise ValueError(f"pixel_spacing_mm must be positive (row, column) in mm, got {pixel_spacing_mm!r}.")
 

@@ -97,7 +97,9 @@ def _joseph_entries(
     dims = torch.tensor(shape, dtype=torch.float64, device=device)  # (3,)
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=device)  # (3,) of the flat voxel index
     others = torch.tensor([[1, 2], [0, 2], [0, 1]], device=device)  # the two axes that are not the driving one
-    a = directions.abs().argmax(dim=-1, keepdim=True)  # (R, 1) driving axis of each ray
+    # Driving axis: the one whose voxel planes the ray crosses most often (direction in voxel units, so that
+    # anisotropic grids are sampled at least once per voxel along every axis).
+    a = (directions.abs() / spacing).argmax(dim=-1, keepdim=True)  # (R, 1)
     bc = others[a[:, 0]]  # (R, 2)
 
     def pick(x: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:

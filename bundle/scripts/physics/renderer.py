@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -68,7 +70,10 @@ def _check_spacing(spacing_mm: Sequence[float] | torch.Tensor) -> tuple[float, f
     """Validate a voxel spacing ``(sx, sy, sz)`` in mm."""
     values = spacing_mm.tolist() if isinstance(spacing_mm, torch.Tensor) else spacing_mm
     try:
-        values = tuple(float(v) for v in values)
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        # Rounded to 1 nm so that the same spacing given as a float32 tensor or as Python floats hits one cache entry.
+        values = tuple(round(float(v), 6) for v in values)
     except (TypeError, ValueError):
         raise ValueError(f"spacing_mm must be three voxel sizes (sx, sy, sz) in mm, got {spacing_mm!r}.") from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
@@ -103,6 +108,8 @@ class DRRRenderer(nn.Module):
             (e.g. 512 × 512 × 604) at the price of speed.
         validate: check ``mu`` for NaN/Inf on each call (one reduction; disable in tight training loops only after
             the data pipeline is trusted).
+        max_cached_grids: how many ``(grid, spacing, dtype, device)`` matrix sets to keep; the least recently used
+            is dropped beyond that.
     """
 
     def __init__(
@@ -112,14 +119,19 @@ class DRRRenderer(nn.Module):
         ray_chunk_size: int | None = None,
         cache_matrices: bool = True,
         validate: bool = True,
+        max_cached_grids: int = 4,
     ) -> None:
         super().__init__()
         if not isinstance(geometry, ProjectionGeometry):
             raise ValueError(f"geometry must be a ProjectionGeometry, got {type(geometry).__name__}.")
-        if method not in PROJECTORS:
+        if not isinstance(method, str) or method not in PROJECTORS:
             raise ValueError(f"method must be one of {sorted(PROJECTORS)}, got {method!r}.")
-        if ray_chunk_size is not None and int(ray_chunk_size) < 1:
+        if ray_chunk_size is not None and (
+            isinstance(ray_chunk_size, bool) or not isinstance(ray_chunk_size, numbers.Integral) or ray_chunk_size < 1
+        ):
             raise ValueError(f"ray_chunk_size must be a positive number of rays or None, got {ray_chunk_size!r}.")
+        if not isinstance(max_cached_grids, numbers.Integral) or max_cached_grids < 1:
+            raise ValueError(f"max_cached_grids must be a positive integer, got {max_cached_grids!r}.")
         self.geometry = geometry
         self.method = method
         self.ray_chunk_size = None if ray_chunk_size is None else int(ray_chunk_size)
@@ -131,18 +143,28 @@ class DRRRenderer(nn.Module):
         self.register_buffer("ray_origins", rays.origins.reshape(-1, 3), persistent=False)
         self.register_buffer("ray_directions", rays.directions.reshape(-1, 3), persistent=False)
         self.register_buffer("ray_lengths", rays.lengths.reshape(-1), persistent=False)
-        self._cache: dict[tuple, _ProjectionBlocks] = {}
+        self.max_cached_grids = int(max_cached_grids)
+        self._cache: OrderedDict[tuple, _ProjectionBlocks] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        # Sparse CSR tensors cannot be deep-copied or pickled; copies (EMA models, checkpoints of whole modules)
+        # start with an empty cache and re-trace on first use.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_cache"] = OrderedDict()
+        return state
 
     @property
     def num_rays(self) -> int:
         return self.ray_lengths.shape[0]
 
     def _apply(self, fn, recurse=True):
-        # Moving the module moves the ray buffers; matrices traced on the old device are dropped. A dtype cast of a
-        # parent network (``.half()``, ``.to(torch.bfloat16)``) must not round the geometry: the rays are rebuilt
-        # in float64 on the new device.
-        self._cache.clear()
+        # A dtype cast of a parent network (``.half()``, ``.to(torch.bfloat16)``) must not round the geometry: the
+        # rays are rebuilt in float64. Matrices traced on another device are dropped; on the same device they stay.
+        device = self.ray_origins.device
         module = super()._apply(fn, recurse)
+        if self.ray_origins.device != device:
+            self._cache.clear()
         rays = self.geometry.rays(device=self.ray_origins.device)
         self.ray_origins = rays.origins.reshape(-1, 3)
         self.ray_directions = rays.directions.reshape(-1, 3)
@@ -171,6 +193,9 @@ class DRRRenderer(nn.Module):
         if key not in self._cache:
             traced = list(self._trace(shape, spacing, dtype, device))
             self._cache[key] = _ProjectionBlocks([a for _, _, a in traced], [(lo, hi) for lo, hi, _ in traced])
+            while len(self._cache) > self.max_cached_grids:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
         return self._cache[key]
 
     def forward(self, mu: torch.Tensor, spacing_mm: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -184,20 +209,24 @@ class DRRRenderer(nn.Module):
             ``(B, V, H, W)`` line integrals (dimensionless), float32 (float64 for float64 input), also under
             autocast: the physics is always evaluated in full precision.
         """
+        if isinstance(mu, torch.Tensor) and hasattr(mu, "as_tensor"):
+            mu = mu.as_tensor()  # a MONAI MetaTensor: its 3D affine does not describe the 2D output
         if not isinstance(mu, torch.Tensor) or mu.dim() != 5 or mu.shape[1] != 1:
             got = tuple(mu.shape) if isinstance(mu, torch.Tensor) else type(mu).__name__
             raise ValueError(f"mu must be a (B, 1, X, Y, Z) attenuation volume in 1/mm, got {got}.")
         if not mu.is_floating_point():
             raise ValueError(f"mu must be a floating-point tensor of attenuation in 1/mm, got dtype {mu.dtype}.")
-        if min(mu.shape) < 1:
-            raise ValueError(f"mu must not be empty, got shape {tuple(mu.shape)}.")
+        if min(mu.shape[2:]) < 1:
+            raise ValueError(f"mu must have at least one voxel per axis, got shape {tuple(mu.shape)}.")
         spacing = _check_spacing(spacing_mm)
         # A sum is finite iff every term is (attenuations are far from overflow) and costs one read of mu.
-        if self.validate and not bool(torch.isfinite(mu.detach().sum())):
+        if self.validate and not bool(torch.isfinite(mu.detach().sum(dtype=torch.float32))):
             raise ValueError("mu contains NaN or Inf values; expected finite attenuation in 1/mm.")
         b, shape = mu.shape[0], tuple(mu.shape[2:])
         v, (h, w) = self.geometry.num_views, self.geometry.detector_shape
         dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+        if b == 0:
+            return mu.new_zeros((0, v, h, w), dtype=dtype)
         with torch.autocast(device_type=mu.device.type, enabled=False):
             x = mu.to(dtype).reshape(b, -1).t()  # (N_voxels, B)
             if self.cache_matrices:

@@ -1,0 +1,143 @@
+"""Real radiographs for inference: DICOM DX/CR, PNG/JPEG and 2D NIfTI, mapped onto the networks' image scale.
+
+A real radiograph is not a DRR. The detector records transmitted intensity, the modality applies a logarithm
+and proprietary processing (look-up tables, unsharp masking, equalisation), and the beam is polychromatic with
+scatter. No fixed formula turns its pixel values into line integrals. What this module does, and documents:
+
+1. Read the stored image as displayed (DICOM ``MONOCHROME1`` is inverted so that attenuation is bright, the
+   rescale slope/intercept is applied).
+2. If the DICOM header gives the pixel pitch (``ImagerPixelSpacing`` or ``PixelSpacing``), resample to the
+   detector pitch of the training geometry and centre-crop/pad to its detector size, so that anatomy has the
+   size the networks were trained on; otherwise resize the whole image to the detector shape.
+3. Anchor the intensity histogram to the DRR range: the ``percentiles`` of the image are mapped linearly onto
+   ``line_integral_range`` (the line integrals that the same percentiles take in training DRRs), then onto the
+   fixed network scale ``2·p/p_max − 1``. This is an approximation; documented as a limitation in the docs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..physics import ProjectionGeometry, line_integral_to_network
+
+__all__ = ["RADIOGRAPH_MODALITIES", "read_radiograph", "radiograph_to_network"]
+
+#: DICOM modalities accepted as projection radiographs.
+RADIOGRAPH_MODALITIES = ("DX", "CR", "DR", "RG")
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:  # pydicom raises several types for damaged files
+        raise ValueError(f"{path}: not a readable DICOM file ({err}).") from None
+    modality = str(getattr(ds, "Modality", ""))
+    if modality not in RADIOGRAPH_MODALITIES:
+        raise ValueError(
+            f"{path}: DICOM modality {modality or 'missing'!r} is not a radiograph; expected one of "
+            f"{list(RADIOGRAPH_MODALITIES)}."
+        )
+    try:
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as err:
+        raise ValueError(f"{path}: pixel data could not be decoded ({err}).") from None
+    pixels = pixels * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+        pixels = pixels.max() - pixels  # MONOCHROME1 stores attenuation dark; make it bright
+    pitch = getattr(ds, "ImagerPixelSpacing", None) or getattr(ds, "PixelSpacing", None)
+    return pixels, (float(pitch[0]), float(pitch[1])) if pitch is not None else None
+
+
+def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Read a radiograph as a 2D float32 array (attenuation bright, as displayed) and its pixel pitch in mm.
+
+    Raises:
+        ValueError: naming the file, for a missing or unreadable file, a non-radiograph DICOM modality, a colour
+            or multi-frame image, or non-finite pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such radiograph file.")
+    name = path.name.lower()
+    pitch = None
+    if name.endswith((".nii", ".nii.gz")):
+        try:
+            pixels = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        except Exception as err:
+            raise ValueError(f"{path}: could not be read as NIfTI ({err}).") from None
+        pixels = np.squeeze(pixels)
+        if pixels.ndim == 2:
+            pixels = pixels.T  # array axes (column, row), row 0 at the top: the layout this bundle writes
+    elif name.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff")):
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("L", "I", "I;16", "I;16B", "F"):
+                    raise ValueError(f"{path}: colour image (mode {im.mode}); expected a grayscale radiograph.")
+                pixels = np.asarray(im, dtype=np.float32)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"{path}: could not be read as an image ({err}).") from None
+    else:
+        pixels, pitch = _read_dicom(path)
+    if pixels.ndim != 2:
+        raise ValueError(f"{path}: expected a single 2D radiograph, got an array of shape {pixels.shape}.")
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{path}: contains NaN or Inf pixels.")
+    return np.ascontiguousarray(pixels), pitch
+
+
+def radiograph_to_network(
+    pixels: np.ndarray,
+    geometry: ProjectionGeometry,
+    max_line_integral: float,
+    pixel_pitch_mm: tuple[float, float] | None = None,
+    line_integral_range: Sequence[float] = (0.3, 6.0),
+    percentiles: Sequence[float] = (1.0, 99.0),
+) -> torch.Tensor:
+    """Map a radiograph onto the detector grid and the networks' fixed scale (see the module docstring).
+
+    Args:
+        pixels: ``(rows, columns)`` image, attenuation bright.
+        geometry: the training geometry (detector shape and pitch).
+        max_line_integral: the fixed network scale ``p_max``.
+        pixel_pitch_mm: the image's pixel pitch (rows, columns) in mm, if known.
+        line_integral_range: line integrals that ``percentiles`` of the image are anchored to.
+        percentiles: low/high percentiles of the image used as anchors.
+
+    Returns:
+        ``(H, W)`` float32 image on the network scale.
+    """
+    lo_p, hi_p = float(percentiles[0]), float(percentiles[1])
+    if not 0.0 <= lo_p < hi_p <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}.")
+    p_lo, p_hi = float(line_integral_range[0]), float(line_integral_range[1])
+    if not (math.isfinite(p_lo) and math.isfinite(p_hi) and p_hi > p_lo):
+        raise ValueError(f"line_integral_range must be (low, high) with high > low, got {line_integral_range!r}.")
+    image = torch.as_tensor(np.asarray(pixels, dtype=np.float32))[None, None]  # (1, 1, rows, cols)
+    h, w = geometry.detector_shape
+    if pixel_pitch_mm is not None:
+        # Resample to the detector pitch, then centre-crop/pad (with the image minimum, i.e. no attenuation).
+        ph, pw = geometry.pixel_spacing_mm
+        rows, cols = image.shape[2:]
+        size = (max(1, round(rows * pixel_pitch_mm[0] / ph)), max(1, round(cols * pixel_pitch_mm[1] / pw)))
+        image = F.interpolate(image, size=size, mode="area" if size[0] < image.shape[2] else "bilinear")
+        pad_h, pad_w = max(0, h - size[0]), max(0, w - size[1])
+        image = F.pad(image, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=float(image.min()))
+        top, left = (image.shape[2] - h) // 2, (image.shape[3] - w) // 2
+        image = image[:, :, top : top + h, left : left + w]
+    else:
+        image = F.interpolate(image, size=(h, w), mode="area" if h < image.shape[2] else "bilinear")
+    image = image[0, 0]
+    a, b = np.percentile(image.numpy(), [lo_p, hi_p])
+    scale = (p_hi - p_lo) / max(float(b - a), 1e-6)
+    line_integral = p_lo + (image - float(a)) * scale
+    return line_integral_to_network(line_integral, max_line_integral).float()
