@@ -74,6 +74,9 @@ def _check_dicom_series(folder: Path) -> None:
                 raise ValueError(f"{path}: not a readable DICOM file ({err}).") from None
             modalities.add(str(getattr(ds, "Modality", "?")))
             series.add(str(getattr(ds, "SeriesInstanceUID", "?")))
+            missing = [t for t in ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient") if t not in ds]
+            if missing and modalities == {"CT"}:
+                raise ValueError(f"{path}: missing {', '.join(missing)}; the voxel spacing and position are unknown.")
     if modalities != {"CT"}:
         raise ValueError(f"{folder}: DICOM modality {sorted(modalities)} is not supported; expected a CT series.")
     if len(series) != 1:
@@ -96,6 +99,14 @@ def load_ct(path: str | os.PathLike, validator: ValidateCTd | None = None) -> Me
     except Exception as err:  # readers raise many types for damaged files; the message must name the file
         raise ValueError(f"{path}: could not be read as a CT volume ({type(err).__name__}: {err}).") from None
     img.meta["filename_or_obj"] = str(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        header = nib.load(path).header
+        if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+            # nibabel then falls back to pixdim (zeros become 1 mm) and an arbitrary orientation.
+            raise ValueError(
+                f"{path}: the NIfTI header has no orientation or spacing (sform_code and qform_code are 0); "
+                "expected a CT with its voxel-to-patient affine."
+            )
     (validator or ValidateCTd(keys="image")).check(img)
     img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
     return img

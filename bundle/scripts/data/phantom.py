@@ -192,8 +192,8 @@ def synthetic_chest_ct(
             hu[vessel] = tissue["vessel"]
 
     # Heart: on the patient's left (x < 0) and anterior, between the lungs, resting on the left dome.
-    heart_c = (rng.uniform(-40.0, -20.0), rng.uniform(20.0, 40.0), dome_l + rng.uniform(35.0, 50.0))
-    heart_r = (rng.uniform(50.0, 65.0), rng.uniform(42.0, 52.0), rng.uniform(45.0, 58.0))
+    heart_c = (rng.uniform(-32.0, -18.0), rng.uniform(18.0, 35.0), dome_l + rng.uniform(35.0, 50.0))
+    heart_r = (rng.uniform(55.0, 70.0), rng.uniform(42.0, 52.0), rng.uniform(45.0, 58.0))
     heart = g.ellipsoid(heart_c, heart_r) & inner
     labels[heart] = L["heart"]
     hu[heart] = tissue["myocardium"]
