@@ -1,0 +1,188 @@
+"""The YAML preprocessing chain: CT -> RAS, isotropic, body-centred FOV, on-the-fly X-rays, [-1, 1], stage grids."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from PIL import Image
+from scripts.data import (
+    CropOrPadToFieldOfViewd,
+    RenderXrayd,
+    prepare_dataset,
+    radiograph_to_network,
+    read_radiograph,
+    synthetic_chest_ct,
+    write_nifti,
+)
+from scripts.physics import DRRRenderer, ProjectionGeometry, RadiographComposer, centred_affine
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
+
+
+def _parser(dataset_dir, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "data.yaml"))
+    parser["bundle_root"] = os.path.join(CONFIGS, "..")
+    parser["dataset_dir"] = str(dataset_dir)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    prepare_dataset(root, synthetic_count=3, synthetic_size=40, synthetic_spacing_mm=9.0)
+    return root
+
+
+def test_preprocessing_yields_training_pairs(prepared):
+    parser = _parser(
+        prepared,
+        image_size=32,
+        stage_sizes=[16, 32],
+        **{"geometry#detector_shape": [32, 32], "geometry#pixel_spacing_mm": [17.6, 17.6]},
+    )
+    dataset = parser.get_parsed_content("training_dataset")
+    item = dataset[0]
+    image, xray = item["image"], item["xray"]
+    assert image.shape == (1, 32, 32, 32) and item["image_16"].shape == (1, 16, 16, 16)
+    assert xray.shape == (2, 32, 32) and xray.dtype == torch.float32
+    # Physical frame kept: 320 mm / 32 voxels, RAS.
+    np.testing.assert_allclose(np.diag(image.affine.numpy())[:3], [10.0] * 3, atol=1e-6)
+    np.testing.assert_allclose(np.diag(item["image_16"].affine.numpy())[:3], [20.0] * 3, atol=1e-6)
+    assert float(image.min()) == -1.0 and float(image.max()) <= 1.0  # air at -1 on the fixed HU window
+    # Corners of the views are air (-1); the body attenuates (above -1) with a physical, unclipped scale.
+    assert float(xray[:, 0, 0].max()) == pytest.approx(-1.0, abs=1e-4)
+    assert -0.8 < float(xray.max()) < 0.6
+
+
+def test_fov_crop_centres_the_body_and_pads_with_air():
+    hu = torch.full((1, 40, 30, 20), -1000.0)
+    hu[0, 25:35, 5:15, 5:15] = 40.0  # an off-centre body
+    img = MetaTensor(hu, affine=torch.diag(torch.tensor([4.0, 4.0, 4.0, 1.0], dtype=torch.float64)))
+    out = CropOrPadToFieldOfViewd(keys="image", fov_mm=100.0)({"image": img})["image"]
+    assert out.shape == (1, 25, 25, 25)
+    body = torch.nonzero(out[0] > -500).float()
+    centre = (body.min(0).values + body.max(0).values) / 2
+    torch.testing.assert_close(centre, torch.full((3,), 12.0), atol=1.0, rtol=0)
+    assert float(out.min()) == -1000.0  # padding is air
+    # The voxel keeps its world position: index (0,0,0) of the output is world (4 * start) mm.
+    world = out.affine.numpy() @ np.array([12, 12, 12, 1.0])
+    np.testing.assert_allclose(world[:3], [4.0 * 29.5, 4.0 * 9.5, 4.0 * 9.5], atol=4.0)
+
+
+def _composer(detector=24):
+    g = ProjectionGeometry(views=("pa", "lateral"), detector_shape=(detector, detector), pixel_spacing_mm=25.0)
+    return RadiographComposer(DRRRenderer(g), mu_water=0.0206, max_line_integral=10.0)
+
+
+def _ct(seed=0):
+    hu, _ = synthetic_chest_ct(32, 10.0, seed=seed)
+    return MetaTensor(torch.from_numpy(hu)[None], affine=torch.from_numpy(centred_affine((32,) * 3, (10.0,) * 3)))
+
+
+def test_render_transform_is_the_composer_and_augmentations_are_seeded():
+    composer, ct = _composer(), _ct()
+    clean = RenderXrayd(keys="image", composer=composer)({"image": ct})["xray"]
+    torch.testing.assert_close(clean, composer(ct.as_tensor()[None], (10.0, 10.0, 10.0))[0])
+    noisy_t = RenderXrayd(
+        keys="image",
+        composer=composer,
+        photon_count=1e4,
+        gaussian_noise_std=0.01,
+        blur_sigma_px=0.8,
+        pose_jitter_deg=3.0,
+        pose_jitter_mm=5.0,
+    )
+    noisy_t.set_random_state(seed=1)
+    a = noisy_t({"image": ct})["xray"]
+    noisy_t.set_random_state(seed=1)
+    b = noisy_t({"image": ct})["xray"]
+    torch.testing.assert_close(a, b)  # reproducible under a seed
+    diff = (a - clean).abs()
+    assert 0.001 < float(diff.mean()) < 0.1  # perturbed, but the same radiograph
+    assert torch.corrcoef(torch.stack([a.flatten(), clean.flatten()]))[0, 1] > 0.97
+    assert float(ct.min()) == -1000.0  # the CT target itself is untouched
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"photon_count": 0.0}, "photon_count must be a positive"),
+        ({"blur_sigma_px": -1.0}, "blur_sigma_px must be a non-negative"),
+        ({"prob": 2.0}, r"prob must be in \[0, 1\]"),
+    ],
+)
+def test_render_transform_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RenderXrayd(keys="image", composer=_composer(), **kwargs)
+
+
+def _drr_pa(detector=24):
+    composer = _composer(detector)
+    return composer.line_integrals(_ct().as_tensor()[None], (10.0, 10.0, 10.0))[0, 0].numpy(), composer
+
+
+def test_png_radiograph_maps_onto_the_network_scale(tmp_path):
+    drr, composer = _drr_pa()
+    png = (drr / drr.max() * 65535).astype(np.uint16)
+    Image.fromarray(png).save(tmp_path / "pa.png")
+    pixels, pitch = read_radiograph(tmp_path / "pa.png")
+    assert pitch is None and pixels.shape == (24, 24)
+    x = radiograph_to_network(pixels, composer.renderer.geometry, 10.0)
+    assert x.shape == (24, 24)
+    corr = np.corrcoef(x.numpy().ravel(), drr.ravel())[0, 1]
+    assert corr > 0.999  # a linear, order-preserving mapping of the same image
+
+
+def _dicom_dx(path, pixels, modality="DX", photometric="MONOCHROME2", pitch=(1.0, 1.0)):
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PhotometricInterpretation = modality, photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
+    ds.ImagerPixelSpacing = list(pitch)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_dx_uses_pitch_and_photometric_interpretation(tmp_path):
+    drr, composer = _drr_pa()
+    # The same radiograph stored at twice the detector pitch resolution, MONOCHROME1 (attenuation dark).
+    fine = np.kron(drr, np.ones((2, 2)))
+    stored = (65535 * (1.0 - fine / fine.max())).astype(np.uint16)
+    path = _dicom_dx(tmp_path / "pa.dcm", stored, photometric="MONOCHROME1", pitch=(12.5, 12.5))
+    pixels, pitch = read_radiograph(path)
+    assert pitch == (12.5, 12.5) and pixels.shape == (48, 48)
+    x = radiograph_to_network(pixels, composer.renderer.geometry, 10.0, pixel_pitch_mm=pitch)
+    assert x.shape == (24, 24)
+    assert np.corrcoef(x.numpy().ravel(), drr.ravel())[0, 1] > 0.999  # inverted back, resampled to the detector
+
+
+def test_bad_radiographs_are_named(tmp_path):
+    ct = _dicom_dx(tmp_path / "ct.dcm", np.zeros((8, 8)), modality="CT")
+    with pytest.raises(ValueError, match="ct.dcm: DICOM modality 'CT' is not a radiograph"):
+        read_radiograph(ct)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="rgb.png: colour image"):
+        read_radiograph(tmp_path / "rgb.png")
+    (tmp_path / "junk.dcm").write_bytes(b"junk" * 20)
+    with pytest.raises(ValueError, match="junk.dcm: not a readable DICOM file"):
+        read_radiograph(tmp_path / "junk.dcm")
+    with pytest.raises(ValueError, match="nothing.png: no such radiograph file"):
+        read_radiograph(tmp_path / "nothing.png")
+    write_nifti(tmp_path / "vol.nii.gz", np.zeros((4, 4, 4), np.float32), np.eye(4))
+    with pytest.raises(ValueError, match="vol.nii.gz: expected a single 2D radiograph"):
+        read_radiograph(tmp_path / "vol.nii.gz")
