@@ -171,6 +171,21 @@ def test_dicom_dx_uses_pitch_and_photometric_interpretation(tmp_path):
     assert np.corrcoef(x.numpy().ravel(), drr.ravel())[0, 1] > 0.999  # inverted back, resampled to the detector
 
 
+def test_case_with_one_view_loads_with_a_mask(tmp_path):
+    from scripts.data import LoadRadiographsd
+
+    drr, composer = _drr_pa()
+    Image.fromarray((drr / drr.max() * 65535).astype(np.uint16)).save(tmp_path / "pa.png")
+    loader = LoadRadiographsd(keys=["pa", "lateral"], geometry=composer.renderer.geometry, max_line_integral=10.0)
+    out = loader({"pa": str(tmp_path / "pa.png"), "lateral": None})
+    assert out["xray"].shape == (2, 24, 24) and out["xray_mask"].tolist() == [True, False]
+    assert float(out["xray"][1].abs().sub(1.0).abs().max()) == 0.0  # the missing lateral is an empty detector
+    with pytest.raises(ValueError, match="no radiograph given"):
+        loader({"pa": None})
+    with pytest.raises(ValueError, match=r"keys: \['ap'\] are not views of the geometry"):
+        LoadRadiographsd(keys=["ap"], geometry=composer.renderer.geometry, max_line_integral=10.0)
+
+
 def test_bad_radiographs_are_named(tmp_path):
     ct = _dicom_dx(tmp_path / "ct.dcm", np.zeros((8, 8)), modality="CT")
     with pytest.raises(ValueError, match="ct.dcm: DICOM modality 'CT' is not a radiograph"):

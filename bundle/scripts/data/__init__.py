@@ -3,7 +3,7 @@
 from .io import CT_SUFFIXES, find_ct_sources, load_ct, write_ct_dicom_series, write_nifti
 from .phantom import PHANTOM_LABELS, synthetic_chest_ct
 from .prepare import prepare_dataset, split_cases
-from .radiograph import RADIOGRAPH_MODALITIES, radiograph_to_network, read_radiograph
+from .radiograph import RADIOGRAPH_MODALITIES, LoadRadiographsd, radiograph_to_network, read_radiograph
 from .transforms import CropOrPadToFieldOfViewd, RenderXrayd, StageResized, ValidateCTd, source_name, voxel_spacing
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "RenderXrayd",
     "StageResized",
     "ValidateCTd",
+    "LoadRadiographsd",
     "find_ct_sources",
     "load_ct",
     "prepare_dataset",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -26,11 +26,13 @@ import numpy as np
 import pydicom
 import torch
 import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 from PIL import Image, UnidentifiedImageError
 
 from ..physics import ProjectionGeometry, line_integral_to_network
 
-__all__ = ["RADIOGRAPH_MODALITIES", "read_radiograph", "radiograph_to_network"]
+__all__ = ["RADIOGRAPH_MODALITIES", "LoadRadiographsd", "read_radiograph", "radiograph_to_network"]
 
 #: DICOM modalities accepted as projection radiographs.
 RADIOGRAPH_MODALITIES = ("DX", "CR", "DR", "RG")
@@ -141,3 +143,56 @@ def radiograph_to_network(
     scale = (p_hi - p_lo) / max(float(b - a), 1e-6)
     line_integral = p_lo + (image - float(a)) * scale
     return line_integral_to_network(line_integral, max_line_integral).float()
+
+
+class LoadRadiographsd(MapTransform):
+    """Read the views of one case into ``(V, H, W)`` network-scale images, in the geometry's view order.
+
+    Each key names a view of ``geometry.views`` (e.g. ``pa``, ``lateral``) and holds a file path. A view whose key
+    is missing or ``None`` is left empty (−1, an unexposed detector) and flagged ``False`` in ``{output_key}_mask``,
+    so a single view works.
+
+    Args:
+        keys: view keys, a subset of the geometry's view names.
+        geometry: the training geometry.
+        max_line_integral: the fixed network scale ``p_max``.
+        line_integral_range, percentiles: see :func:`radiograph_to_network`.
+        output_key: where the ``(V, H, W)`` images go.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        geometry: ProjectionGeometry,
+        max_line_integral: float,
+        line_integral_range: Sequence[float] = (0.3, 6.0),
+        percentiles: Sequence[float] = (1.0, 99.0),
+        output_key: str = "xray",
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        names = [v for v in geometry.views if isinstance(v, str)]
+        unknown = [k for k in self.keys if k not in names]
+        if unknown:
+            raise ValueError(f"keys: {unknown} are not views of the geometry {list(geometry.views)}.")
+        self.geometry, self.max_line_integral = geometry, float(max_line_integral)
+        self.line_integral_range, self.percentiles = tuple(line_integral_range), tuple(percentiles)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        h, w = self.geometry.detector_shape
+        images = torch.full((self.geometry.num_views, h, w), -1.0)
+        mask = torch.zeros(self.geometry.num_views, dtype=torch.bool)
+        for key in self.keys:
+            if d.get(key) is None:
+                continue
+            pixels, pitch = read_radiograph(d[key])
+            index = list(self.geometry.views).index(key)
+            images[index] = radiograph_to_network(
+                pixels, self.geometry, self.max_line_integral, pitch, self.line_integral_range, self.percentiles
+            )
+            mask[index] = True
+        if not bool(mask.any()):
+            raise ValueError(f"no radiograph given: expected at least one of {list(self.keys)} in the case.")
+        d[self.output_key], d[f"{self.output_key}_mask"] = images, mask
+        return d
