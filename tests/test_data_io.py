@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -197,10 +198,50 @@ def test_prepare_source_folder_lists_failures_and_keeps_going(tmp_path, phantom)
     assert len(datalist["training"]) == 2 and datalist["validation"] == [] and datalist["test"] == []
     text = (tmp_path / "out" / "datalist.json").read_text()
     assert "smith" not in text  # source names may identify patients: not recorded unless asked
-    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
-    assert len(report["failures"]) == 1 and "broken.nii.gz: could not be read" in report["failures"][0]["error"]
+    report_text = (tmp_path / "out" / "prepare_report.json").read_text()
+    report = json.loads(report_text)
+    # The failure is reported by position in the sorted discovery order, not by file name.
+    assert report["failures"] == [
+        {"source": "<source #0 of 3 under source_dir>", "error": report["failures"][0]["error"]}
+    ]
+    assert "could not be read as a CT volume" in report_text and "broken" not in report_text
     for entry in datalist["training"]:
         _assert_same_ct(load_ct(tmp_path / "out" / entry["image"]), hu, affine)
+    # Asked for, the sources are recorded; an overwrite removes the cases of the previous run.
+    datalist = prepare_dataset(
+        tmp_path / "out", source_dir=src, split=(1.0, 0.0, 0.0), overwrite=True, record_sources=True
+    )
+    assert sorted(e["source"] for e in datalist["training"]) == [str(src / "patient_smith.nii.gz"), str(src / "series")]
+    assert "broken.nii.gz" in (tmp_path / "out" / "prepare_report.json").read_text()
+    prepare_dataset(tmp_path / "out", synthetic_count=1, synthetic_size=16, synthetic_spacing_mm=20.0, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out" / "volumes").iterdir()) == ["phantom_0000.nii.gz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = (tmp_path / "out" / "volumes" / "phantom_0000.nii.gz").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask  # an ordinary new file's permissions, not mkstemp's 0600
+
+
+def test_bad_arguments_fail_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="split must be three non-negative fractions"):
+        prepare_dataset(tmp_path / "a", synthetic_count=2, synthetic_size=16, split=(1.0, -1.0, 0.0))
+    with pytest.raises(ValueError, match="synthetic_count must be a positive number"):
+        prepare_dataset(tmp_path / "b", synthetic_count=0)
+    with pytest.raises(ValueError, match="spacing_mm must be a positive number"):
+        prepare_dataset(tmp_path / "c", synthetic_count=1, synthetic_spacing_mm=-2.0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_uneven_or_gapped_dicom_series_is_refused(tmp_path, phantom):
+    hu, affine = phantom
+    files = write_ct_dicom_series(tmp_path / "series", hu, affine)
+    files[5].unlink()  # a missing slice
+    with pytest.raises(ValueError, match="series: slices are not evenly spaced"):
+        load_ct(tmp_path / "series")
+    # Rewriting the series (overwrite) removes all old slices first.
+    write_ct_dicom_series(tmp_path / "series", hu[:, :, :8], affine, overwrite=True)
+    assert load_ct(tmp_path / "series").shape == (1, 24, 20, 8)
+    with pytest.raises(FileExistsError, match="already holds DICOM files"):
+        write_ct_dicom_series(tmp_path / "series", hu, affine)
 
 
 def test_split_is_reproducible():
@@ -210,5 +251,11 @@ def test_split_is_reproducible():
     assert a == split_cases(20, (0.8, 0.1, 0.1), seed=3)
     assert [len(x) for x in a] == [16, 2, 2] and sorted(sum(a, [])) == list(range(20))
     assert a != split_cases(20, (0.8, 0.1, 0.1), seed=4)
-    with pytest.raises(ValueError, match="split must be three non-negative fractions"):
-        split_cases(5, (0.5, -0.1, 0.6), seed=0)
+    sizes = {
+        n: [len(x) for x in split_cases(n, f, 0)]
+        for n, f in [(1, (0.8, 0.1, 0.1)), (2, (1, 1, 1)), (3, (0.8, 0.1, 0.1)), (4, (0.2, 0.4, 0.4)), (10, (1, 0, 0))]
+    }
+    assert sizes == {1: [1, 0, 0], 2: [1, 1, 0], 3: [1, 1, 1], 4: [1, 2, 1], 10: [10, 0, 0]}
+    for bad in [(0.5, -0.1, 0.6), (0.0, 0.5, 0.5), (1.0, 0.0)]:
+        with pytest.raises(ValueError, match="split must be three non-negative fractions"):
+            split_cases(5, bad, seed=0)

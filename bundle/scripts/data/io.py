@@ -51,7 +51,8 @@ def find_ct_sources(source_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"source_dir {root}: not a folder.")
     sources: list[Path] = []
-    for folder, _, files in os.walk(root):
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # hidden folders are skipped like hidden files
         paths = [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
         sources += [p for p in paths if p.name.lower().endswith(CT_SUFFIXES)]
         if any(_is_dicom(p) for p in paths if not p.name.lower().endswith(CT_SUFFIXES)):
@@ -64,23 +65,44 @@ def find_ct_sources(source_dir: str | os.PathLike) -> list[Path]:
 
 
 def _check_dicom_series(folder: Path) -> None:
-    """A DICOM folder must hold one CT series."""
-    modalities, series = set(), set()
+    """A DICOM folder must hold one CT series of parallel, evenly spaced slices with known geometry.
+
+    DICOMDIR files and objects without pixel data (structured reports, presentation states) are ignored; images
+    of another modality make the folder fail.
+    """
+    modalities, series, slices = set(), set(), []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and _is_dicom(path):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception as err:  # pydicom raises several types for damaged files
-                raise ValueError(f"{path}: not a readable DICOM file ({err}).") from None
-            modalities.add(str(getattr(ds, "Modality", "?")))
-            series.add(str(getattr(ds, "SeriesInstanceUID", "?")))
+        if not path.is_file() or path.name.upper() == "DICOMDIR" or not _is_dicom(path):
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as err:  # pydicom raises several types for damaged files
+            raise ValueError(f"{path}: not a readable DICOM file ({err}).") from None
+        if "Rows" not in ds:  # not an image
+            continue
+        modalities.add(str(getattr(ds, "Modality", "missing")))
+        series.add(str(getattr(ds, "SeriesInstanceUID", "missing")))
+        if ds.get("Modality") == "CT":
             missing = [t for t in ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient") if t not in ds]
-            if missing and modalities == {"CT"}:
+            if missing:
                 raise ValueError(f"{path}: missing {', '.join(missing)}; the voxel spacing and position are unknown.")
+            slices.append((path, np.array(ds.ImageOrientationPatient, float), np.array(ds.ImagePositionPatient, float)))
     if modalities != {"CT"}:
         raise ValueError(f"{folder}: DICOM modality {sorted(modalities)} is not supported; expected a CT series.")
     if len(series) != 1:
         raise ValueError(f"{folder}: holds {len(series)} DICOM series; put each series in its own folder.")
+    orientation = slices[0][1]
+    for path, iop, _ in slices:
+        if not np.allclose(iop, orientation, atol=1e-4):
+            raise ValueError(f"{path}: slice orientation {iop.tolist()} differs from the series' {orientation.tolist()}.")
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.sort([float(ipp @ normal) for _, _, ipp in slices])
+    gaps = np.diff(positions)
+    if len(gaps) and (gaps.min() <= 0 or gaps.max() - gaps.min() > 0.01 * gaps.mean() + 1e-3):
+        raise ValueError(
+            f"{folder}: slices are not evenly spaced (gaps {gaps.min():.3f}..{gaps.max():.3f} mm); "
+            "a slice is missing or duplicated."
+        )
 
 
 def load_ct(path: str | os.PathLike, validator: ValidateCTd | None = None) -> MetaTensor:
@@ -132,7 +154,9 @@ def write_ct_dicom_series(
 
     The affine must be diagonal-direction RAS (after ``Orientation(RAS)``). Slices are stored in LPS patient
     coordinates with ImageOrientationPatient ``[1,0,0, 0,1,0]``: columns run to the patient's left, rows to
-    posterior. Fresh UIDs, an anonymous patient, no fields copied from any input.
+    posterior. Fresh UIDs, an anonymous patient, no fields copied from any input. Each slice is written
+    atomically; the series as a whole is not (an interrupted write leaves fewer slices, which ``load_ct`` refuses
+    as unevenly spaced). Existing ``*.dcm`` files in ``folder`` are refused, or removed first with ``overwrite``.
     """
     folder = Path(folder)
     volume = np.asarray(hu, dtype=np.float32)
@@ -141,6 +165,11 @@ def write_ct_dicom_series(
         raise ValueError(f"hu must be a 3D (X, Y, Z) volume, got shape {volume.shape}.")
     if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))) or np.any(np.diag(affine)[:3] <= 0):
         raise ValueError("affine must be a RAS affine with positive diagonal spacing (apply Orientation(RAS) first).")
+    existing = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{folder} already holds DICOM files; refusing to overwrite (pass overwrite=True).")
+    for path in existing:  # a shorter new series must not leave old slices behind
+        path.unlink()
     sx, sy, sz = np.diag(affine)[:3]
     nx, ny, nz = volume.shape
     study, series, frame = generate_uid(), generate_uid(), generate_uid()

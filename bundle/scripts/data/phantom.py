@@ -14,6 +14,7 @@ mild Gaussian noise imitates a reconstructed scan.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -138,8 +139,8 @@ def synthetic_chest_ct(
         ``(hu, labels)``: ``(X, Y, Z)`` float32 CT numbers (air −1000) and uint8 labels (:data:`PHANTOM_LABELS`).
         The grid centre is the world origin: voxel ``(i, j, k)`` is at ``((i − (X−1)/2)·sx, …)`` mm.
     """
-    shape = (int(size),) * 3 if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
-    spacing = (float(spacing_mm),) * 3 if isinstance(spacing_mm, (int, float)) else tuple(map(float, spacing_mm))
+    shape = (int(size),) * 3 if isinstance(size, numbers.Integral) else tuple(int(s) for s in size)
+    spacing = (float(spacing_mm),) * 3 if isinstance(spacing_mm, numbers.Real) else tuple(map(float, spacing_mm))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"size must be a positive int or three positive ints (X, Y, Z), got {size!r}.")
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):

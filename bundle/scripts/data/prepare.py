@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,21 +34,50 @@ __all__ = ["prepare_dataset", "split_cases"]
 logger = logging.getLogger(__name__)
 
 
+def _check_split(fractions: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or any(f < 0 or not math.isfinite(f) for f in values) or values[0] <= 0:
+        raise ValueError(
+            f"split must be three non-negative fractions (training, validation, test) with training > 0, "
+            f"got {fractions!r}."
+        )
+    return values
+
+
 def split_cases(n: int, fractions: Sequence[float], seed: int) -> tuple[list[int], list[int], list[int]]:
     """Reproducible (training, validation, test) indices: a seeded shuffle cut by ``fractions``.
 
-    From three cases on, validation and test get at least one case each when their fraction is positive.
+    Sizes follow the fractions (normalised to their sum) by largest remainders. Training always gets at least one
+    case; from three cases on, validation and test get at least one each when their fraction is positive; a zero
+    fraction always gets none.
     """
-    if len(fractions) != 3 or any(f < 0 or not math.isfinite(f) for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"split must be three non-negative fractions (training, validation, test), got {fractions}.")
-    total = float(sum(fractions))
+    values = _check_split(fractions)
+    total = sum(values)
+    exact = [n * f / total for f in values]
+    sizes = [math.floor(e) for e in exact]
+    for i in sorted(range(3), key=lambda i: exact[i] - sizes[i], reverse=True)[: n - sum(sizes)]:
+        sizes[i] += 1
+    minimum = [1 if n >= 1 else 0] + [1 if (n >= 3 and f > 0) else 0 for f in values[1:]]
+    for i in (1, 2, 0):  # top up validation/test from the largest split, then training from the others
+        while sizes[i] < minimum[i]:
+            donor = max((j for j in range(3) if j != i and sizes[j] > minimum[j]), key=lambda j: sizes[j], default=None)
+            if donor is None:
+                break
+            sizes[donor] -= 1
+            sizes[i] += 1
     order = np.random.default_rng(seed).permutation(n).tolist()
-    sizes = [round(n * f / total) for f in fractions[1:]]
-    if n >= 3:
-        sizes = [max(1, s) if f > 0 else 0 for s, f in zip(sizes, fractions[1:], strict=True)]
-    n_val, n_test = sizes
-    n_train = max(0, n - n_val - n_test)
-    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val : n_train + n_val + n_test]
+    n_train, n_val = sizes[0], sizes[1]
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+
+
+def _remove_previous(out: Path) -> None:
+    """Delete the files a previous prepare run wrote (only those names), so an overwrite leaves no stale case."""
+    for pattern in ("volumes/phantom_*.nii.gz", "labels/phantom_*.nii.gz", "volumes/case_*.nii.gz"):
+        for path in out.glob(pattern):
+            path.unlink()
 
 
 def prepare_dataset(
@@ -75,7 +105,10 @@ def prepare_dataset(
 
     Raises:
         FileExistsError: ``dataset_dir`` already holds a datalist and ``overwrite`` is false.
-        ValueError: bad arguments, an empty ``source_dir``, or no readable CT at all (each failure is named).
+        ValueError: bad arguments or an empty ``source_dir`` (before anything is written), or no readable CT at
+            all. Failed sources are listed in ``prepare_report.json`` by their position in the sorted discovery
+            order (by path with ``record_sources``), so that file names, which may identify patients, are not
+            written unless asked.
     """
     out = Path(dataset_dir)
     datalist_path = out / "datalist.json"
@@ -83,16 +116,25 @@ def prepare_dataset(
         raise FileExistsError(
             f"{datalist_path} exists; refusing to overwrite a prepared data set (pass --overwrite true to rebuild)."
         )
+    # Every argument is checked before anything is written.
+    _check_split(split)
+    if source_dir is None:
+        if isinstance(synthetic_count, bool) or not isinstance(synthetic_count, int) or synthetic_count < 1:
+            raise ValueError(f"synthetic_count must be a positive number of phantoms, got {synthetic_count!r}.")
+        synthetic_chest_ct(4, synthetic_spacing_mm, seed=seed)  # validates the spacing (and fails fast)
+        sources = []
+    else:
+        sources = find_ct_sources(source_dir)
+    if overwrite:
+        _remove_previous(out)
     cases: list[dict] = []
     failures: list[dict] = []
     if source_dir is None:
-        if int(synthetic_count) < 1:
-            raise ValueError(f"synthetic_count must be a positive number of phantoms, got {synthetic_count!r}.")
         for i in range(int(synthetic_count)):
             hu, labels = synthetic_chest_ct(synthetic_size, synthetic_spacing_mm, seed=seed + i)
             spacing = (
                 (float(synthetic_spacing_mm),) * 3
-                if isinstance(synthetic_spacing_mm, (int, float))
+                if isinstance(synthetic_spacing_mm, numbers.Real)
                 else tuple(map(float, synthetic_spacing_mm))
             )
             affine = centred_affine(hu.shape, spacing)
@@ -101,14 +143,17 @@ def prepare_dataset(
             write_nifti(out / "labels" / name, labels, affine, overwrite)
             cases.append({"image": f"volumes/{name}", "label": f"labels/{name}"})
     else:
-        sources = find_ct_sources(source_dir)
         for i, src in enumerate(sources):
             name = f"case_{i:04d}.nii.gz"
             try:
                 img = load_ct(src)
             except ValueError as err:
-                failures.append({"source": str(src), "error": str(err)})
-                logger.error("prepare: skipped %s", err)
+                # File names can identify patients: the report and the log name the source by its position in
+                # the sorted discovery order unless record_sources is set.
+                label = str(src) if record_sources else f"<source #{i} of {len(sources)} under source_dir>"
+                message = str(err).replace(str(src), label)
+                failures.append({"source": label, "error": message})
+                logger.error("prepare: skipped %s", message)
                 continue
             hu = np.round(img[0].numpy()).clip(-32768, 32767).astype(np.int16)
             write_nifti(out / "volumes" / name, hu, img.affine.numpy(), overwrite)
@@ -118,7 +163,10 @@ def prepare_dataset(
             cases.append(case)
         if not cases:
             listed = "; ".join(f["error"] for f in failures)
-            raise ValueError(f"source_dir {source_dir}: no readable CT volume. {listed}")
+            raise ValueError(
+                f"source_dir {source_dir}: no readable CT volume. {listed} "
+                "(rerun with --record_sources true to see the file names)"
+            )
     train, val, test = split_cases(len(cases), split, seed)
     datalist = {
         "training": [cases[i] for i in train],

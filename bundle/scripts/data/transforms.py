@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Affine, BorderPad, GaussianSmooth, MapTransform, Randomizable, Resize, SpatialCrop
+import torch.nn.functional as F
+from monai.transforms import Affine, BorderPad, MapTransform, Randomizable, Resize, SpatialCrop
 
 from ..physics import RadiographComposer, line_integral_to_network
 
@@ -52,7 +53,7 @@ class ValidateCTd(MapTransform):
         keys: KeysCollection,
         min_spacing_mm: float = 0.05,
         max_spacing_mm: float = 20.0,
-        hu_range: Sequence[float] = (-4000.0, 40000.0),
+        hu_range: Sequence[float] = (-32768.0, 40000.0),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -161,8 +162,10 @@ class RenderXrayd(Randomizable, MapTransform):
       (``±pose_jitter_mm``) for rendering only — a positioning error between the X-ray and the CT target; done by
       resampling the volume so that the renderer's cached geometry is reused;
     * quantum noise: ``photon_count`` photons per unabsorbed pixel, ``I ~ Poisson(N·exp(−p))``, ``p = −ln(I/N)``;
-    * electronic noise: Gaussian, standard deviation ``gaussian_noise_std`` in line-integral units;
-    * detector blur: Gaussian point-spread function, ``blur_sigma_px`` pixels.
+    * detector blur: Gaussian point-spread function, ``blur_sigma_px`` pixels (edges replicated);
+    * electronic noise: Gaussian, standard deviation ``gaussian_noise_std`` in line-integral units, added last.
+
+    Pose jitter needs isotropic voxels (it runs after ``Spacingd`` in the configs).
 
     Args:
         keys: the CT key (one).
@@ -217,6 +220,9 @@ class RenderXrayd(Randomizable, MapTransform):
         """Rigidly move the patient about the isocentre, resampling on the same grid (air outside)."""
         if not self._augment or (self.pose_jitter_deg == 0 and self.pose_jitter_mm == 0):
             return hu
+        if max(spacing) - min(spacing) > 1e-3 * max(spacing):
+            # Rotations are applied in voxel units: only a rigid motion on an isotropic grid.
+            raise ValueError(f"pose jitter needs isotropic voxels (resample first with Spacingd), got {spacing} mm.")
         shift_vox = [m / s for m, s in zip(self._shift_mm, spacing, strict=True)]
         moved = Affine(
             rotate_params=self._rotation.tolist(), translate_params=shift_vox, padding_mode="zeros", image_only=True
@@ -234,20 +240,34 @@ class RenderXrayd(Randomizable, MapTransform):
             hu = self._jitter(hu.float(), spacing)  # (1, X, Y, Z)
             with torch.no_grad():
                 p = self.composer.line_integrals(hu[None], spacing)[0]  # (V, H, W)
+            # Detector chain order: quantum noise at detection, spread by the detector's point-spread function,
+            # then electronic noise added by the read-out (not blurred).
             if self._augment and self.photon_count is not None:
                 counts = torch.poisson(self.photon_count * torch.exp(-p), generator=self._torch_generator())
                 p = -torch.log(torch.clamp(counts, min=1.0) / self.photon_count)
+            if self._augment and self.blur_sigma_px > 0:
+                p = _gaussian_blur(p, self.blur_sigma_px)
             if self._augment and self.gaussian_noise_std > 0:
                 noise = torch.randn(p.shape, generator=self._torch_generator()) * self.gaussian_noise_std
                 p = p + noise
-            if self._augment and self.blur_sigma_px > 0:
-                p = torch.as_tensor(GaussianSmooth(sigma=self.blur_sigma_px)(p))
             d[self.output_key] = line_integral_to_network(p, self.composer.max_line_integral).float()
         return d
 
     def _torch_generator(self) -> torch.Generator:
         """A torch generator seeded from this transform's numpy state (reproducible under set_random_state)."""
         return torch.Generator().manual_seed(int(self.R.randint(0, 2**31 - 1)))
+
+
+def _gaussian_blur(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(V, H, W)`` images with edge replication (no dark rim from zero padding)."""
+    radius = max(1, int(math.ceil(3.0 * sigma_px)))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    kernel = kernel / kernel.sum()
+    out = image[:, None]  # (V, 1, H, W)
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return out[:, 0]
 
 
 class StageResized(MapTransform):
