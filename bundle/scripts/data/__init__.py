@@ -3,14 +3,23 @@
 from .io import CT_SUFFIXES, find_ct_sources, load_ct, write_ct_dicom_series, write_nifti
 from .phantom import PHANTOM_LABELS, synthetic_chest_ct
 from .prepare import prepare_dataset, split_cases
-from .radiograph import RADIOGRAPH_MODALITIES, LoadRadiographsd, radiograph_to_network, read_radiograph
+from .radiograph import (
+    DEFAULT_LINE_INTEGRAL_RANGES,
+    RADIOGRAPH_MODALITIES,
+    LoadRadiographsd,
+    Radiograph,
+    radiograph_to_network,
+    read_radiograph,
+)
 from .transforms import CropOrPadToFieldOfViewd, RenderXrayd, StageResized, ValidateCTd, source_name, voxel_spacing
 
 __all__ = [
     "CT_SUFFIXES",
+    "DEFAULT_LINE_INTEGRAL_RANGES",
     "CropOrPadToFieldOfViewd",
     "PHANTOM_LABELS",
     "RADIOGRAPH_MODALITIES",
+    "Radiograph",
     "RenderXrayd",
     "StageResized",
     "ValidateCTd",

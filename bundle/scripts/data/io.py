@@ -94,7 +94,9 @@ def _check_dicom_series(folder: Path) -> None:
     orientation = slices[0][1]
     for path, iop, _ in slices:
         if not np.allclose(iop, orientation, atol=1e-4):
-            raise ValueError(f"{path}: slice orientation {iop.tolist()} differs from the series' {orientation.tolist()}.")
+            raise ValueError(
+                f"{path}: slice orientation {iop.tolist()} differs from the series' {orientation.tolist()}."
+            )
     normal = np.cross(orientation[:3], orientation[3:])
     positions = np.sort([float(ipp @ normal) for _, _, ipp in slices])
     gaps = np.diff(positions)

