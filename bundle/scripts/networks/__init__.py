@@ -1,0 +1,22 @@
+"""Networks: shared X-ray encoder, geometry-consistent depth lifting, HybridViT3D denoiser, cascade."""
+
+from .blocks import ATTENTION_MODES, DiTBlock, TimestepEmbedder
+from .cascade import STAGE_KEYS, XrayToCTCascade
+from .denoiser import HybridViT3D
+from .encoder import XrayEncoder, XrayEncoding
+from .lifting import DepthLifting, ResolutionDepthPriors, backproject, voxel_centres
+
+__all__ = [
+    "ATTENTION_MODES",
+    "DepthLifting",
+    "DiTBlock",
+    "HybridViT3D",
+    "ResolutionDepthPriors",
+    "STAGE_KEYS",
+    "TimestepEmbedder",
+    "XrayEncoder",
+    "XrayEncoding",
+    "XrayToCTCascade",
+    "backproject",
+    "voxel_centres",
+]

@@ -1,0 +1,174 @@
+"""The cascade: one shared X-ray encoder and an ordered set of stages (depth lifting + denoiser), coarse to fine."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..physics import ProjectionGeometry
+from .denoiser import HybridViT3D
+from .encoder import XrayEncoder, XrayEncoding
+from .lifting import DepthLifting
+
+__all__ = ["STAGE_KEYS", "XrayToCTCascade"]
+
+#: Keys a stage entry of the presets may set (``grid_size``, ``patch_size``, ``width``, ``depth``, ``heads`` are
+#: required).
+STAGE_KEYS = {
+    "grid_size": None,
+    "patch_size": None,
+    "width": None,
+    "depth": None,
+    "heads": None,
+    "fov_mm": None,
+    "mlp_ratio": 4.0,
+    "attention": "global",
+    "window_size": 8,
+    "lift_channels": 8,
+}
+
+
+def _stage_config(index: int, entry: Mapping, fov_mm: float) -> dict:
+    """Fill defaults and name the stage and key of anything missing or unknown."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"stages[{index}] must be a mapping of stage settings, got {entry!r}.")
+    unknown = sorted(set(entry) - set(STAGE_KEYS))
+    if unknown:
+        raise ValueError(f"stages[{index}]: unknown keys {unknown}; allowed: {sorted(STAGE_KEYS)}.")
+    cfg = {k: entry.get(k, default) for k, default in STAGE_KEYS.items()}
+    missing = [k for k, v in cfg.items() if v is None and k != "fov_mm"]
+    if missing:
+        raise ValueError(f"stages[{index}]: missing required keys {missing}.")
+    cfg["fov_mm"] = fov_mm if cfg["fov_mm"] is None else cfg["fov_mm"]
+    return cfg
+
+
+class XrayToCTCascade(nn.Module):
+    """X-rays -> CT, coarse to fine. This module is ``network_def`` in ``configs/inference.yaml``.
+
+    Stage ``s`` sees ``[x_t, lifted prior, upsampled stage s−1 volume]`` (the previous volume only for ``s > 0``)
+    and predicts ``v`` (or ε) on its grid. All stages share one X-ray encoder, so one encoding serves the whole
+    cascade at sampling time (:meth:`encode` once, then :meth:`forward` with ``encoding=``).
+
+    Args:
+        geometry: the projection geometry (the renderer's); its views and detector shape fix the encoder input.
+        fov_mm: the field of view of every stage grid (mm), unless a stage sets its own ``fov_mm``.
+        stages: ordered stage settings (see :data:`STAGE_KEYS`), e.g. from ``configs/stages/*.yaml``.
+        encoder: XrayEncoder keyword arguments (views and image size come from the geometry).
+        use_depth_lifting: build the geometry-consistent lifting (False: the stages see no lifted prior).
+        gradient_checkpointing: recompute denoiser blocks in the backward pass.
+    """
+
+    def __init__(
+        self,
+        geometry: ProjectionGeometry,
+        fov_mm: float,
+        stages: Sequence[Mapping],
+        encoder: Mapping | None = None,
+        use_depth_lifting: bool = True,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(geometry, ProjectionGeometry):
+            raise ValueError(f"geometry must be a ProjectionGeometry, got {type(geometry).__name__}.")
+        if not isinstance(fov_mm, numbers.Real) or not fov_mm > 0:
+            raise ValueError(f"fov_mm must be a positive length in mm, got {fov_mm!r}.")
+        if not stages:
+            raise ValueError("stages must list at least one stage.")
+        configs = [_stage_config(i, entry, float(fov_mm)) for i, entry in enumerate(stages)]
+        encoder_kwargs = dict(encoder or {})
+        for key in ("num_views", "image_size"):
+            if key in encoder_kwargs:
+                raise ValueError(f"encoder.{key} comes from the geometry; remove it from the encoder settings.")
+        self.encoder = XrayEncoder(num_views=geometry.num_views, image_size=geometry.detector_shape, **encoder_kwargs)
+        self.use_depth_lifting = bool(use_depth_lifting)
+        self.stage_configs = configs
+        self.stages = nn.ModuleList()
+        for i, cfg in enumerate(configs):
+            prev = 1 if i > 0 else 0
+            lift = cfg["lift_channels"] if self.use_depth_lifting else 0
+            modules = nn.ModuleDict()
+            if self.use_depth_lifting:
+                modules["lifting"] = DepthLifting(
+                    geometry, _grid(cfg["grid_size"]), cfg["fov_mm"], self.encoder.feature_channels, lift, prev
+                )
+            try:
+                modules["denoiser"] = HybridViT3D(
+                    in_channels=1 + lift + prev,
+                    out_channels=1,
+                    grid_size=cfg["grid_size"],
+                    patch_size=cfg["patch_size"],
+                    width=cfg["width"],
+                    depth=cfg["depth"],
+                    heads=cfg["heads"],
+                    context_dim=self.encoder.dim,
+                    global_dim=self.encoder.global_dim,
+                    mlp_ratio=cfg["mlp_ratio"],
+                    attention=cfg["attention"],
+                    window_size=cfg["window_size"],
+                    gradient_checkpointing=gradient_checkpointing,
+                )
+            except ValueError as err:
+                raise ValueError(f"stages[{i}]: {err}") from None
+            self.stages.append(modules)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def grid_size(self, stage: int) -> tuple[int, int, int]:
+        return self.stages[stage]["denoiser"].grid_size
+
+    def encode(self, xray: torch.Tensor, view_mask: torch.Tensor | None = None) -> XrayEncoding:
+        """``xray (B, V, H, W)`` network-scale views -> the shared encoding."""
+        return self.encoder(xray, view_mask)
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        xray: torch.Tensor | None = None,
+        stage: int = 0,
+        previous: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        encoding: XrayEncoding | None = None,
+    ) -> torch.Tensor:
+        """One stage's prediction.
+
+        Args:
+            x_t: ``(B, 1, X, Y, Z)`` noisy volume on the stage grid.
+            t: ``(B,)`` timesteps.
+            xray: ``(B, V, H, W)`` views (or pass ``encoding``).
+            stage: stage index.
+            previous: ``(B, 1, X', Y', Z')`` the previous stage's volume (required for ``stage > 0``).
+            view_mask: ``(B, V)`` present views.
+            encoding: a precomputed :meth:`encode` result.
+
+        Returns:
+            ``(B, 1, X, Y, Z)`` the prediction (v or ε, as trained).
+        """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        if encoding is None:
+            if xray is None:
+                raise ValueError("xray or encoding must be given.")
+            encoding = self.encode(xray, view_mask)
+        modules = self.stages[stage]
+        inputs = [x_t]
+        if self.use_depth_lifting:
+            inputs.append(modules["lifting"](encoding, previous))  # (B, C_l, X, Y, Z)
+        if stage > 0:
+            if previous is None:
+                raise ValueError(f"previous: stage {stage} needs the previous stage's volume, got None.")
+            inputs.append(F.interpolate(previous, size=tuple(x_t.shape[2:]), mode="trilinear", align_corners=False))
+        return modules["denoiser"](
+            torch.cat(inputs, dim=1), t, encoding.tokens, encoding.global_embedding, encoding.token_mask
+        )
+
+
+def _grid(value) -> tuple[int, int, int]:
+    return (int(value),) * 3 if isinstance(value, numbers.Integral) else tuple(int(v) for v in value)

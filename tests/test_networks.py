@@ -1,0 +1,254 @@
+"""Networks: shapes per stage and preset, adaLN-Zero identity at init, gradients, lifting geometry, bad configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from scripts.networks import (
+    DiTBlock,
+    HybridViT3D,
+    ResolutionDepthPriors,
+    XrayToCTCascade,
+    backproject,
+    voxel_centres,
+)
+from scripts.physics import ProjectionGeometry
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
+PRESETS = {
+    "tiny": [],
+    "quick_2stage": ["stages/quick_2stage.yaml"],
+    "progressive_3stage": ["stages/progressive_3stage.yaml"],
+    "stage4": ["stages/progressive_3stage.yaml", "stages/stage4_512x512x604.yaml"],
+}
+SMALL_ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
+
+
+def _parser(preset: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([os.path.join(CONFIGS, "inference.yaml")] + [os.path.join(CONFIGS, p) for p in PRESETS[preset]])
+    return parser
+
+
+def _small_cascade(stages=None, detector=32, **kwargs) -> XrayToCTCascade:
+    geometry = ProjectionGeometry(views=("pa", "lateral"), detector_shape=detector, pixel_spacing_mm=563.2 / detector)
+    stages = stages or [
+        {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 2, "heads": 2},
+        {
+            "grid_size": 32,
+            "patch_size": 4,
+            "width": 32,
+            "depth": 2,
+            "heads": 2,
+            "attention": "window",
+            "window_size": 4,
+        },
+    ]
+    return XrayToCTCascade(geometry, 320.0, stages, encoder=SMALL_ENCODER, **kwargs)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_network_def_builds_from_inference_yaml_and_each_preset(preset):
+    net = _parser(preset).get_parsed_content("network_def")
+    grids = [net.grid_size(i) for i in range(net.num_stages)]
+    expected = {
+        "tiny": [(32,) * 3, (64,) * 3],
+        "quick_2stage": [(64,) * 3, (128,) * 3],
+        "progressive_3stage": [(64,) * 3, (128,) * 3, (256,) * 3],
+        "stage4": [(64,) * 3, (128,) * 3, (256,) * 3, (512, 512, 604)],
+    }[preset]
+    assert grids == expected
+    tokens = [net.stages[i]["denoiser"].token_grid for i in range(net.num_stages)]
+    if preset != "tiny":  # the seed presets keep every global-attention stage at a 32³ token grid
+        assert all(
+            t == (32, 32, 32) for t, s in zip(tokens, net.stage_configs, strict=True) if s["attention"] == "global"
+        )
+    if preset == "progressive_3stage":
+        widths = [(c["depth"], c["width"], c["heads"]) for c in net.stage_configs]
+        assert widths == [(4, 256, 4), (6, 384, 6), (8, 512, 8)]
+
+
+@pytest.mark.parametrize("preset", ["quick_2stage", "progressive_3stage"])
+def test_preset_stages_run_at_a_quarter_of_their_grid(preset):
+    # Same patch sizes and stage count as the preset, grids / 4 and narrow widths, so that a CPU can run them.
+    parser = _parser(preset)
+    stages = [dict(s, grid_size=s["grid_size"] // 4, width=32, heads=2, depth=1) for s in parser["stages"]]
+    net = _small_cascade(stages)
+    xray, t, previous = torch.randn(1, 2, 32, 32), torch.tensor([10]), None
+    for i, s in enumerate(stages):
+        x_t = torch.randn(1, 1, *(s["grid_size"],) * 3)
+        out = net(x_t, t, xray, stage=i, previous=previous)
+        assert out.shape == x_t.shape
+        previous = x_t
+
+
+def test_tiny_default_stages_run_at_full_size():
+    net = _parser("tiny").get_parsed_content("network_def")
+    xray = torch.randn(1, 2, 128, 128)
+    encoding = net.encode(xray)
+    assert encoding.tokens.shape == (1, 2 * 64, 128) and encoding.global_embedding.shape == (1, 128)
+    assert encoding.feature_maps.shape == (1, 2, 32, 32, 32)
+    out0 = net(torch.randn(1, 1, 32, 32, 32), torch.tensor([5]), encoding=encoding, stage=0)
+    out1 = net(torch.randn(1, 1, 64, 64, 64), torch.tensor([5]), encoding=encoding, stage=1, previous=out0)
+    assert out0.shape == (1, 1, 32, 32, 32) and out1.shape == (1, 1, 64, 64, 64)
+
+
+def test_blocks_are_identity_and_the_denoiser_outputs_zero_at_init():
+    net = _small_cascade()
+    encoding = net.encode(torch.randn(2, 2, 32, 32))
+    denoiser = net.stages[1]["denoiser"]
+    h = torch.randn(2, 512, 32)
+    c = torch.randn(2, 32)
+    for block in denoiser.blocks:
+        assert isinstance(block, DiTBlock)
+        torch.testing.assert_close(block(h, c, encoding.tokens, encoding.token_mask, (8, 8, 8)), h, rtol=0, atol=0)
+    out = net(
+        torch.randn(2, 1, 32, 32, 32),
+        torch.tensor([3, 700]),
+        encoding=encoding,
+        stage=1,
+        previous=torch.randn(2, 1, 16, 16, 16),
+    )
+    assert torch.count_nonzero(out) == 0
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    net = _small_cascade()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    xray = torch.randn(2, 2, 32, 32)
+
+    def step() -> list[str]:
+        optimizer.zero_grad()
+        encoding = net.encode(xray)
+        out0 = net(torch.randn(2, 1, 16, 16, 16), torch.tensor([1, 500]), encoding=encoding, stage=0)
+        out1 = net(
+            torch.randn(2, 1, 32, 32, 32),
+            torch.tensor([1, 500]),
+            encoding=encoding,
+            stage=1,
+            previous=torch.randn(2, 1, 16, 16, 16),
+        )
+        ((out0 - 1.0).pow(2).mean() + (out1 - 1.0).pow(2).mean()).backward()
+        optimizer.step()
+        return [n for n, p in net.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+
+    # Step 1: every parameter is in the graph (no unused parameters, as DDP requires), but adaLN-Zero makes the
+    # output layer the only one with a non-zero gradient ...
+    first = step()
+    assert all(p.grad is not None for p in net.parameters())
+    assert "stages.0.denoiser.blocks.0.attn.q.weight" in first and "encoder.pos_embed" in first
+    assert not any("final_layer.linear" in n for n in first)
+    # ... step 2 opens the gates, and from step 3 on every parameter, encoder and lifting included, learns.
+    step()
+    assert step() == []
+
+
+def test_voxel_tokens_patch_size_one_at_16_cubed():
+    net = HybridViT3D(
+        in_channels=2,
+        out_channels=1,
+        grid_size=16,
+        patch_size=1,
+        width=32,
+        depth=1,
+        heads=2,
+        context_dim=8,
+        global_dim=8,
+    )
+    assert net.token_grid == (16, 16, 16)
+    out = net(torch.randn(1, 2, 16, 16, 16), torch.tensor([1]), torch.randn(1, 5, 8), torch.randn(1, 8))
+    assert out.shape == (1, 1, 16, 16, 16)
+
+
+def test_windowed_attention_over_the_whole_grid_equals_global():
+    torch.manual_seed(0)
+    kwargs = dict(dim=16, heads=2, context_dim=8)
+    glob, win = DiTBlock(**kwargs), DiTBlock(**kwargs, window=(4, 2, 3))
+    win.load_state_dict(glob.state_dict())
+    for block in (glob, win):  # open the gates
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.1)
+    win.load_state_dict(glob.state_dict())
+    h, c, ctx = torch.randn(2, 24, 16), torch.randn(2, 16), torch.randn(2, 3, 8)
+    torch.testing.assert_close(win(h, c, ctx, None, (4, 2, 3)), glob(h, c, ctx, None, (4, 2, 3)))
+    # Shifted windows that do not divide the grid (padding) keep the shape and stay finite.
+    shifted = DiTBlock(**kwargs, window=(3, 3, 3), shift=True)
+    out = shifted(torch.randn(2, 4 * 5 * 7, 16), c, ctx, None, (4, 5, 7))
+    assert out.shape == (2, 140, 16) and torch.isfinite(out).all()
+
+
+def test_one_view_ignores_the_missing_view():
+    net = _small_cascade()
+    for p in net.parameters():  # open the gates so that the X-rays matter
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.05)
+    xray = torch.randn(1, 2, 32, 32)
+    other = xray.clone()
+    other[:, 1] = torch.randn(32, 32)  # a different lateral view
+    mask = torch.tensor([[True, False]])
+    x_t, t = torch.randn(1, 1, 16, 16, 16), torch.tensor([50])
+    a = net(x_t, t, xray, stage=0, view_mask=mask)
+    b = net(x_t, t, other, stage=0, view_mask=mask)
+    c = net(x_t, t, other, stage=0)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b)  # the masked lateral view has no influence
+    assert not torch.allclose(a, c)  # but it does when present
+
+
+def test_backprojection_of_two_spots_meets_at_the_3d_point():
+    geometry = ProjectionGeometry(views=("pa", "lateral"), detector_shape=64, pixel_spacing_mm=8.8)
+    grid, fov = (32, 32, 32), (320.0, 320.0, 320.0)
+    point = voxel_centres(grid, fov)[22, 9, 25]  # right, posterior, superior of the isocentre
+    pixels, _ = geometry.project_points(point[None])
+    maps = torch.zeros(1, 2, 1, 64, 64)
+    for v in range(2):
+        r, c = pixels[v, 0].round().long().tolist()
+        maps[0, v, 0, r - 1 : r + 2, c - 1 : c + 2] = 1.0  # a bright spot where the point projects
+    lifted = backproject(maps, geometry, grid, fov)  # (1, 2, 1, X, Y, Z)
+    pa, lateral = lifted[0, 0, 0], lifted[0, 1, 0]
+    # Each view lights a line of voxels along its ray through the point, across the whole depth of the volume
+    # (PA along y, lateral along x); the two lines cross only at the point.
+    assert pa[22, 9, 25] > 0.5 and lateral[22, 9, 25] > 0.5
+    assert len(torch.nonzero(pa > 0.5)[:, 1].unique()) == 32 and len(torch.nonzero(lateral > 0.5)[:, 0].unique()) == 32
+    both = pa * lateral
+    assert divmod(int(both.argmax()), 32 * 32)[0] == 22
+    assert torch.nonzero(both == both.max()).float().mean(0).tolist() == pytest.approx([22.0, 9.0, 25.0], abs=0.6)
+
+
+@pytest.mark.parametrize("depth", [64, 128, 256, 512, 604])
+def test_depth_priors_for_any_depth(depth):
+    priors = ResolutionDepthPriors()(depth)
+    assert priors.shape == (3, depth)
+    torch.testing.assert_close(priors.sum(0), torch.ones(depth))
+    assert priors[0, 0] > 0.99 and priors[1, depth // 2] > 0.99 and priors[2, -1] > 0.99
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid_size": 30}, r"stages\[0\]: grid_size \(30, 30, 30\) must be divisible by patch_size \(4, 4, 4\)"),
+        ({"heads": 3}, r"stages\[0\]: heads \(3\) must divide width \(32\)"),
+        ({"attention": "linear"}, r"stages\[0\]: attention must be one of \['global', 'window'\], got 'linear'"),
+        ({"widht": 32}, r"stages\[0\]: unknown keys \['widht'\]"),
+    ],
+)
+def test_bad_stage_configuration_names_the_field(change, message):
+    stage = {"grid_size": 32, "patch_size": 4, "width": 32, "depth": 1, "heads": 2}
+    with pytest.raises(ValueError, match=message):
+        _small_cascade([dict(stage, **change)])
+
+
+def test_missing_stage_key_and_bad_encoder():
+    with pytest.raises(ValueError, match=r"stages\[0\]: missing required keys \['heads'\]"):
+        _small_cascade([{"grid_size": 32, "patch_size": 4, "width": 32, "depth": 1}])
+    geometry = ProjectionGeometry(views=("pa",), detector_shape=30, pixel_spacing_mm=10.0)
+    with pytest.raises(ValueError, match=r"image_size \(30, 30\) must be divisible"):
+        XrayToCTCascade(
+            geometry,
+            320.0,
+            [{"grid_size": 16, "patch_size": 2, "width": 32, "depth": 1, "heads": 2}],
+            encoder=SMALL_ENCODER,
+        )
