@@ -252,3 +252,28 @@ def test_missing_stage_key_and_bad_encoder():
             [{"grid_size": 16, "patch_size": 2, "width": 32, "depth": 1, "heads": 2}],
             encoder=SMALL_ENCODER,
         )
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = _small_cascade()
+    for p in plain.parameters():
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.05)
+    ckpt = _small_cascade(gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x_t, t, xray = torch.randn(1, 1, 16, 16, 16), torch.tensor([20]), torch.randn(1, 2, 32, 32)
+    grads = []
+    for net in (plain, ckpt):
+        net.train()
+        net(x_t, t, xray, stage=0).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_inference_yaml_shares_physics_and_geometry_with_data_yaml():
+    data, inference = ConfigParser(), ConfigParser()
+    data.read_config(os.path.join(CONFIGS, "data.yaml"))
+    inference.read_config(os.path.join(CONFIGS, "inference.yaml"))
+    for key in ("physics", "geometry", "fov_mm"):
+        assert inference[key] == data[key], key
