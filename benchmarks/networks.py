@@ -174,12 +174,10 @@ def main() -> None:
             )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1]["preset"], rows[-1]["stage"], f"{rows[-1]['forward_backward_s']:.3f} s", flush=True)
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from benchmarks.run import save_results
+
     name = f"networks_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
-    (out_dir / f"{name}.json").write_text(json.dumps(rows, indent=2))
-    write_markdown(rows, out_dir / f"{name}.md")
-    print((out_dir / f"{name}.md").read_text())
+    save_results(rows, ROOT / "benchmarks" / "results", name, write_markdown)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,14 @@ def bench_batched(device: str, grid: int, detector: int, batch: int, repeats: in
     return rows
 
 
+def save_results(rows: list[dict], out_dir: Path, name: str, markdown) -> None:
+    """Write ``name.json`` and ``name.md`` (by ``markdown(rows, path)``) under ``out_dir`` and print the table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    markdown(rows, out_dir / f"{name}.md")
+    print((out_dir / f"{name}.md").read_text())
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
     lines = [f"# DRR benchmark ({rows[0]['device']}, {rows[0]['machine']}, {rows[0]['date']})", ""]
     lines += [
@@ -231,12 +239,8 @@ def main() -> None:
     detector = 128 if args.quick else 256
     rows = bench_vs_diffdrr(device, detector, args.repeats, stamp)
     rows += bench_batched(device, 64 if args.quick else 128, detector, 4, args.repeats, stamp)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = f"drr_{'cuda' if device.startswith('cuda') else 'cpu'}{'_quick' if args.quick else ''}"
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
-    write_markdown(rows, out / f"{name}.md")
-    print((out / f"{name}.md").read_text())
+    save_results(rows, Path(args.out), name, write_markdown)
 
 
 if __name__ == "__main__":
