@@ -277,3 +277,118 @@ def test_inference_yaml_shares_physics_and_geometry_with_data_yaml():
     inference.read_config(os.path.join(CONFIGS, "inference.yaml"))
     for key in ("physics", "geometry", "fov_mm"):
         assert inference[key] == data[key], key
+
+
+def _reference_window_attention(block: DiTBlock, x: torch.Tensor, grid, window, shift) -> torch.Tensor:
+    """Masked global attention: tokens attend to tokens in the same (shifted) window and on the same side of every
+    wrap-around, written from token coordinates instead of rolls, pads and partitions."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij"), -1).reshape(-1, 3)
+    offsets = torch.tensor([w // 2 if shift else 0 for w in window])
+    g, w = torch.tensor(grid), torch.tensor(window)
+    rolled = (coords - offsets) % g  # position after rolling by -offset
+    window_id = rolled // w
+    wrapped = coords < offsets  # these tokens were rolled around to the far end
+    key = torch.cat([window_id, wrapped.long()], dim=1)
+    mask = (key[:, None, :] == key[None, :, :]).all(-1)  # (T, T)
+    return block.attn(x, attn_mask=mask[None, None].expand(x.shape[0], 1, -1, -1))
+
+
+@pytest.mark.parametrize(
+    "grid, window, shift",
+    [
+        ((4, 6, 4), (2, 3, 2), False),
+        ((4, 6, 4), (2, 3, 2), True),
+        ((5, 7, 3), (2, 3, 2), False),
+        ((5, 7, 3), (4, 3, 2), True),
+    ],
+)
+def test_windowed_attention_matches_masked_global_attention(grid, window, shift):
+    torch.manual_seed(1)
+    block = DiTBlock(dim=16, heads=2, context_dim=8, window=window, shift=shift)
+    x = torch.randn(2, grid[0] * grid[1] * grid[2], 16)
+    torch.testing.assert_close(
+        block._self_attention(x, grid), _reference_window_attention(block, x, grid, window, shift), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_shifted_windows_never_join_opposite_faces():
+    block = DiTBlock(dim=8, heads=1, context_dim=4, window=(4, 4, 4), shift=True)
+    x = torch.randn(1, 512, 8, requires_grad=True)
+    out = block._self_attention(x, (8, 8, 8))
+    out[0, -1].sum().backward()  # token (7, 7, 7)
+    assert x.grad[0, 0].abs().sum() == 0  # token (0, 0, 0), cyclically adjacent after the roll, is not seen
+    assert x.grad[0, -2].abs().sum() > 0  # its real neighbour is
+
+
+def test_unpatchify_inverts_the_patch_embedding():
+    net = HybridViT3D(
+        in_channels=1,
+        out_channels=1,
+        grid_size=(4, 6, 8),
+        patch_size=(2, 3, 4),
+        width=24,
+        depth=1,
+        heads=1,
+        context_dim=4,
+        global_dim=4,
+    )
+    with torch.no_grad():  # one-hot patch embedding: token channel k = voxel k of the patch, in (px, py, pz) order
+        net.patch_embed.weight.copy_(torch.eye(24).view(24, 1, 2, 3, 4))
+        net.patch_embed.bias.zero_()
+    x = torch.randn(2, 1, 4, 6, 8)
+    tokens = net.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, 24)
+    torch.testing.assert_close(net.unpatchify(tokens, net.token_grid), x)
+
+
+def test_previous_stage_is_placed_by_physical_position():
+    from scripts.networks.cascade import resample_previous
+
+    prev = torch.zeros(1, 1, 16, 16, 16)
+    prev[0, 0, :, :, 12] = 1.0  # a slab at z = (12 - 7.5) * 20 mm = 90 mm in a 320 mm field of view
+    same = resample_previous(prev, (320.0,) * 3, (320.0,) * 3, (32, 32, 32))
+    torch.testing.assert_close(same, torch.nn.functional.interpolate(prev, size=(32,) * 3, mode="trilinear"))
+    # On a 320 x 320 x 400 mm field of view of 32 x 32 x 40 voxels (10 mm), z = 90 mm is voxel 19.5 + 9 = 28.5.
+    taller = resample_previous(prev, (320.0,) * 3, (320.0, 320.0, 400.0), (32, 32, 40))
+    profile = taller[0, 0, 16, 16]
+    assert int(profile.argmax()) in (28, 29) and profile[27:31].sum() == pytest.approx(prev[0, 0, 8, 8].sum() * 2)
+
+
+def test_feature_maps_are_sampled_at_their_pixel_centres():
+    from scripts.networks.lifting import _sampling
+
+    geometry = ProjectionGeometry(views=("pa",), detector_shape=32, pixel_spacing_mm=10.0)
+    grid, t = _sampling(geometry, (3, 3, 3), (100.0,) * 3, feature_stride=4)
+    # The isocentre projects onto detector coordinate 15.5, i.e. map coordinate 15.5 / 4 = 3.875 of an 8-pixel map.
+    centre = grid[0, 13]  # voxel (1, 1, 1)
+    torch.testing.assert_close(centre, torch.full((2,), (3.875 + 0.5) / 8 * 2 - 1))
+    # Depth fractions run from the source-side face (0) to the detector-side face (1) of the field of view.
+    assert t.min() > 0.0 and t.max() < 1.0 and t[0, 13].item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"fov_mm": "320"}, r"stages\[0\].fov_mm must be a positive number or three of them, got '320'"),
+        ({"fov_mm": -5.0}, r"stages\[0\].fov_mm must be a positive number"),
+        ({"grid_size": 0}, r"stages\[0\].grid_size must be a positive integer"),
+        ({"grid_size": 16.0}, r"stages\[0\].grid_size must be a positive integer"),
+        ({"grid_size": [32, 32]}, r"stages\[0\].grid_size must be a positive integer or three of them"),
+        ({"lift_channels": 0}, r"stages\[0\].lift_channels must be a positive integer"),
+        ({"depth": 0}, r"stages\[0\].depth must be a positive integer"),
+    ],
+)
+def test_more_bad_stage_settings(change, message):
+    stage = {"grid_size": 32, "patch_size": 4, "width": 32, "depth": 1, "heads": 2}
+    with pytest.raises(ValueError, match=message):
+        _small_cascade([dict(stage, **change)])
+
+
+def test_bad_forward_inputs_are_named():
+    net = _small_cascade()
+    xray = torch.randn(1, 2, 32, 32)
+    with pytest.raises(ValueError, match=r"x_t must be \(B, 1, 16, 16, 16\) for stage 0, got \(1, 1, 8, 8, 8\)"):
+        net(torch.randn(1, 1, 8, 8, 8), torch.tensor([1]), xray)
+    with pytest.raises(ValueError, match=r"t must be one timestep per sample, shape \(1,\)"):
+        net(torch.randn(1, 1, 16, 16, 16), torch.tensor(1), xray)
+    with pytest.raises(ValueError, match="previous: stage 1 needs the previous stage's volume"):
+        net(torch.randn(1, 1, 32, 32, 32), torch.tensor([1]), xray, stage=1)

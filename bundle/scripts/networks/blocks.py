@@ -42,7 +42,8 @@ class Attention(nn.Module):
     """Multi-head attention through PyTorch SDPA (flash / memory-efficient kernels where available).
 
     Self-attention when ``context`` is None, else cross-attention from ``x`` to ``context``; ``context_mask``
-    ``(B, S)`` marks valid context tokens (a missing X-ray view is masked out).
+    ``(B, S)`` marks valid context tokens (a missing X-ray view is masked out); ``attn_mask`` ``(B, 1, T, S)``
+    (True = attend) restricts pairs, e.g. to one region of a shifted window.
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None) -> None:
@@ -53,13 +54,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n, d = x.shape
         context = x if context is None else context
         q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, T, d/h)
         k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, h, S, d/h)
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, S) True = attend
+        if attn_mask is not None:
+            mask = attn_mask if mask is None else mask & attn_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d/h)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, T, D)
 
@@ -77,6 +84,25 @@ def _window_merge(x: torch.Tensor, batch: int, grid: Sequence[int], window: Sequ
     (gx, gy, gz), (wx, wy, wz) = grid, window
     x = x.view(batch, gx // wx, gy // wy, gz // wz, wx, wy, wz, -1)
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, gx * gy * gz, -1)
+
+
+def _window_regions(grid: Sequence[int], window: Sequence[int], offsets: Sequence[int]) -> torch.Tensor:
+    """Region label of every token of the rolled, padded grid, partitioned into windows: ``(nW, wx·wy·wz)``.
+
+    Rolling by ``-offset`` brings the last ``offset`` tokens of an axis next to its first ones, and padding adds
+    tokens that do not exist: tokens may only attend within their window to tokens of the same label (Swin's
+    shifted-window mask, extended to padding). Per axis: 0 = rolled position < g − offset (originally ≥ offset),
+    1 = wrapped around, 2 = padding.
+    """
+    labels = []
+    for g, w, o in zip(grid, window, offsets, strict=True):
+        padded = g + (-g) % w
+        pos = torch.arange(padded)
+        labels.append(torch.where(pos >= g, 2, torch.where(pos >= g - o, 1, 0)))
+    lx, ly, lz = torch.meshgrid(*labels, indexing="ij")
+    label = (lx * 9 + ly * 3 + lz).float()  # (Gx, Gy, Gz)
+    padded = label.shape
+    return _window_partition(label.reshape(1, -1, 1), padded, window)[..., 0]  # (nW, w³)
 
 
 class DiTBlock(nn.Module):
@@ -117,14 +143,18 @@ class DiTBlock(nn.Module):
         vol = x.view(b, *grid, d)  # (B, gx, gy, gz, D)
         if any(offsets):
             vol = torch.roll(vol, shifts=[-o for o in offsets], dims=(1, 2, 3))
-        # A token grid that the window does not divide (e.g. 151 tokens along z) is padded with zero tokens.
+        # A token grid that the window does not divide (e.g. 151 tokens along z) is padded; pad tokens are masked,
+        # and so are pairs that the roll made neighbours across opposite faces (Swin's shifted-window mask).
         pad = [(-g) % w for g, w in zip(grid, self.window, strict=True)]
         if any(pad):
             vol = F.pad(vol, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
         padded = vol.shape[1:4]
-        out = _window_merge(
-            self.attn(_window_partition(vol.reshape(b, -1, d), padded, self.window)), b, padded, self.window
-        ).view(b, *padded, d)
+        mask = None
+        if any(offsets) or any(pad):
+            regions = _window_regions(grid, self.window, offsets).to(x.device)  # (nW, w³)
+            mask = (regions[:, :, None] == regions[:, None, :]).repeat(b, 1, 1)[:, None]  # (B·nW, 1, w³, w³)
+        windows = _window_partition(vol.reshape(b, -1, d), padded, self.window)  # (B·nW, w³, D)
+        out = _window_merge(self.attn(windows, attn_mask=mask), b, padded, self.window).view(b, *padded, d)
         out = out[:, : grid[0], : grid[1], : grid[2]]
         if any(offsets):
             out = torch.roll(out, shifts=offsets, dims=(1, 2, 3))

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..physics import ProjectionGeometry
+from .blocks import ATTENTION_MODES
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
 from .lifting import DepthLifting
 
-__all__ = ["STAGE_KEYS", "XrayToCTCascade"]
+__all__ = ["STAGE_KEYS", "XrayToCTCascade", "resample_previous"]
 
 #: Keys a stage entry of the presets may set (``grid_size``, ``patch_size``, ``width``, ``depth``, ``heads`` are
 #: required).
@@ -32,8 +33,20 @@ STAGE_KEYS = {
 }
 
 
-def _stage_config(index: int, entry: Mapping, fov_mm: float) -> dict:
-    """Fill defaults and name the stage and key of anything missing or unknown."""
+def _triple(index: int, key: str, value, integer: bool) -> tuple:
+    """Three positive numbers from a number or a length-3 list, or a ValueError naming the stage and key."""
+    kind = numbers.Integral if integer else numbers.Real
+    values = [value] * 3 if isinstance(value, numbers.Real) and not isinstance(value, bool) else value
+    ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == 3
+    ok = ok and all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in values)
+    if not ok:
+        what = "positive integer" if integer else "positive number"
+        raise ValueError(f"stages[{index}].{key} must be a {what} or three of them, got {value!r}.")
+    return tuple(int(v) if integer else float(v) for v in values)
+
+
+def _stage_config(index: int, entry: Mapping, fov_mm: float, lifting: bool) -> dict:
+    """Fill defaults and check every setting, naming the stage and key, before anything is built."""
     if not isinstance(entry, Mapping):
         raise ValueError(f"stages[{index}] must be a mapping of stage settings, got {entry!r}.")
     unknown = sorted(set(entry) - set(STAGE_KEYS))
@@ -43,8 +56,45 @@ def _stage_config(index: int, entry: Mapping, fov_mm: float) -> dict:
     missing = [k for k, v in cfg.items() if v is None and k != "fov_mm"]
     if missing:
         raise ValueError(f"stages[{index}]: missing required keys {missing}.")
-    cfg["fov_mm"] = fov_mm if cfg["fov_mm"] is None else cfg["fov_mm"]
+    cfg["grid_size"] = _triple(index, "grid_size", cfg["grid_size"], integer=True)
+    cfg["patch_size"] = _triple(index, "patch_size", cfg["patch_size"], integer=True)
+    cfg["fov_mm"] = _triple(index, "fov_mm", fov_mm if cfg["fov_mm"] is None else cfg["fov_mm"], integer=False)
+    cfg["window_size"] = _triple(index, "window_size", cfg["window_size"], integer=True)
+    if any(g % p for g, p in zip(cfg["grid_size"], cfg["patch_size"], strict=True)):
+        raise ValueError(
+            f"stages[{index}]: grid_size {cfg['grid_size']} must be divisible by patch_size {cfg['patch_size']}."
+        )
+    for key in ("width", "depth", "heads") + (("lift_channels",) if lifting else ()):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], numbers.Integral) or cfg[key] < 1:
+            raise ValueError(f"stages[{index}].{key} must be a positive integer, got {cfg[key]!r}.")
+    if cfg["width"] % cfg["heads"]:
+        raise ValueError(f"stages[{index}]: heads ({cfg['heads']}) must divide width ({cfg['width']}).")
+    if cfg["attention"] not in ATTENTION_MODES:
+        raise ValueError(
+            f"stages[{index}]: attention must be one of {list(ATTENTION_MODES)}, got {cfg['attention']!r}."
+        )
+    if not isinstance(cfg["mlp_ratio"], numbers.Real) or cfg["mlp_ratio"] <= 0:
+        raise ValueError(f"stages[{index}].mlp_ratio must be a positive number, got {cfg['mlp_ratio']!r}.")
     return cfg
+
+
+def resample_previous(
+    previous: torch.Tensor, previous_fov_mm: Sequence[float], fov_mm: Sequence[float], size: Sequence[int]
+) -> torch.Tensor:
+    """Place the previous stage's volume on this stage's grid by physical position (both centred on the isocentre).
+
+    Equal fields of view reduce to trilinear resizing; a larger field of view (stage 4: 377.5 mm along z against
+    320 mm) extends the previous volume by its border values instead of stretching it.
+    """
+    if tuple(previous_fov_mm) == tuple(fov_mm):
+        return F.interpolate(previous, size=tuple(size), mode="trilinear", align_corners=False)
+    axes = [
+        (torch.arange(n, dtype=torch.float32, device=previous.device) - (n - 1) / 2.0) * (f / n) / (pf / 2.0)
+        for n, f, pf in zip(size, fov_mm, previous_fov_mm, strict=True)
+    ]  # normalised coordinates of this grid's voxel centres in the previous volume (align_corners=False)
+    gx, gy, gz = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack([gz, gy, gx], dim=-1)[None].expand(previous.shape[0], -1, -1, -1, -1)  # grid_sample: (z, y, x)
+    return F.grid_sample(previous, grid.to(previous.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class XrayToCTCascade(nn.Module):
@@ -79,7 +129,7 @@ class XrayToCTCascade(nn.Module):
             raise ValueError(f"fov_mm must be a positive length in mm, got {fov_mm!r}.")
         if not stages:
             raise ValueError("stages must list at least one stage.")
-        configs = [_stage_config(i, entry, float(fov_mm)) for i, entry in enumerate(stages)]
+        configs = [_stage_config(i, entry, float(fov_mm), bool(use_depth_lifting)) for i, entry in enumerate(stages)]
         encoder_kwargs = dict(encoder or {})
         for key in ("num_views", "image_size"):
             if key in encoder_kwargs:
@@ -94,26 +144,29 @@ class XrayToCTCascade(nn.Module):
             modules = nn.ModuleDict()
             if self.use_depth_lifting:
                 modules["lifting"] = DepthLifting(
-                    geometry, _grid(cfg["grid_size"]), cfg["fov_mm"], self.encoder.feature_channels, lift, prev
+                    geometry,
+                    cfg["grid_size"],
+                    cfg["fov_mm"],
+                    self.encoder.feature_channels,
+                    lift,
+                    prev,
+                    feature_stride=self.encoder.feature_stride,
                 )
-            try:
-                modules["denoiser"] = HybridViT3D(
-                    in_channels=1 + lift + prev,
-                    out_channels=1,
-                    grid_size=cfg["grid_size"],
-                    patch_size=cfg["patch_size"],
-                    width=cfg["width"],
-                    depth=cfg["depth"],
-                    heads=cfg["heads"],
-                    context_dim=self.encoder.dim,
-                    global_dim=self.encoder.global_dim,
-                    mlp_ratio=cfg["mlp_ratio"],
-                    attention=cfg["attention"],
-                    window_size=cfg["window_size"],
-                    gradient_checkpointing=gradient_checkpointing,
-                )
-            except ValueError as err:
-                raise ValueError(f"stages[{i}]: {err}") from None
+            modules["denoiser"] = HybridViT3D(
+                in_channels=1 + lift + prev,
+                out_channels=1,
+                grid_size=cfg["grid_size"],
+                patch_size=cfg["patch_size"],
+                width=cfg["width"],
+                depth=cfg["depth"],
+                heads=cfg["heads"],
+                context_dim=self.encoder.dim,
+                global_dim=self.encoder.global_dim,
+                mlp_ratio=cfg["mlp_ratio"],
+                attention=cfg["attention"],
+                window_size=cfg["window_size"],
+                gradient_checkpointing=gradient_checkpointing,
+            )
             self.stages.append(modules)
 
     @property
@@ -153,22 +206,29 @@ class XrayToCTCascade(nn.Module):
         """
         if not 0 <= stage < self.num_stages:
             raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        grid = self.stage_configs[stage]["grid_size"]
+        if x_t.dim() != 5 or x_t.shape[1] != 1 or tuple(x_t.shape[2:]) != grid:
+            raise ValueError(
+                f"x_t must be (B, 1, {grid[0]}, {grid[1]}, {grid[2]}) for stage {stage}, got {tuple(x_t.shape)}."
+            )
+        if t.dim() != 1 or t.shape[0] != x_t.shape[0]:
+            raise ValueError(f"t must be one timestep per sample, shape ({x_t.shape[0]},), got {tuple(t.shape)}.")
         if encoding is None:
             if xray is None:
                 raise ValueError("xray or encoding must be given.")
             encoding = self.encode(xray, view_mask)
         modules = self.stages[stage]
         inputs = [x_t]
-        if self.use_depth_lifting:
-            inputs.append(modules["lifting"](encoding, previous))  # (B, C_l, X, Y, Z)
         if stage > 0:
             if previous is None:
                 raise ValueError(f"previous: stage {stage} needs the previous stage's volume, got None.")
-            inputs.append(F.interpolate(previous, size=tuple(x_t.shape[2:]), mode="trilinear", align_corners=False))
+            previous = resample_previous(
+                previous, self.stage_configs[stage - 1]["fov_mm"], self.stage_configs[stage]["fov_mm"], grid
+            )  # (B, 1, X, Y, Z)
+        if self.use_depth_lifting:
+            inputs.append(modules["lifting"](encoding, previous))  # (B, C_l, X, Y, Z)
+        if stage > 0:
+            inputs.append(previous)
         return modules["denoiser"](
             torch.cat(inputs, dim=1), t, encoding.tokens, encoding.global_embedding, encoding.token_mask
         )
-
-
-def _grid(value) -> tuple[int, int, int]:
-    return (int(value),) * 3 if isinstance(value, numbers.Integral) else tuple(int(v) for v in value)

@@ -97,6 +97,7 @@ class XrayEncoder(nn.Module):
             c_in = c
         self.stem = nn.Sequential(*layers)
         self.feature_channels = c_in
+        self.feature_stride = down  # map pixel j is centred on detector pixel down·j (stride-2, k3, p1 convs)
         self.map_size = (h // down, w // down)
         self.grid = (self.map_size[0] // patch_size, self.map_size[1] // patch_size)
         self.patch_embed = nn.Conv2d(c_in, dim, patch_size, patch_size)
