@@ -127,7 +127,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['preset']} | {r['stage']} | {'x'.join(map(str, r['grid']))} ({r['grid_scale']}) | {r['patch']} "
+            f"| {r['preset']} | {r['stage']} | {'x'.join(map(str, r['grid']))} ({r['grid_scale']}) "
+            f"| {'x'.join(map(str, r['patch']))} "
             f"| {'x'.join(map(str, r['tokens']))} | {r['width']} x {r['depth']} / {r['heads']} "
             f"| {r['params_stage_M']:.2f} | {r['forward_s']:.3f} | {r['forward_backward_s']:.3f} "
             f"| {r['peak_memory_GiB']:.2f} |"
