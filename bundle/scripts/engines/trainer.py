@@ -1,0 +1,152 @@
+"""Cascade diffusion training: a ``SupervisedTrainer`` whose only override is ``_iteration``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from ..networks import XrayToCTCascade
+from .losses import DRRConsistencyLoss
+from .objective import DiffusionObjective
+
+__all__ = ["CascadeDiffusionTrainer", "freeze_for_stage"]
+
+
+def freeze_for_stage(network: XrayToCTCascade, stage: int) -> None:
+    """Train ``stage`` only: freeze the other stages, and the shared encoder from stage 1 on.
+
+    Stage 0 trains the encoder with it; later stages must not change it, or the frozen earlier stages would see
+    different X-ray features than they were trained with. ``stage = -1`` unfreezes everything (joint fine-tuning).
+    """
+    if not -1 <= stage < network.num_stages:
+        raise ValueError(f"stage must be -1 (joint) or in [0, {network.num_stages - 1}], got {stage}.")
+    for p in network.parameters():
+        p.requires_grad_(stage == -1)
+    if stage >= 0:
+        for p in network.stages[stage].parameters():
+            p.requires_grad_(True)
+        for p in network.encoder.parameters():
+            p.requires_grad_(stage == 0)
+
+
+class CascadeDiffusionTrainer(SupervisedTrainer):
+    """Train one stage of :class:`XrayToCTCascade` (or all, jointly) with a diffusion objective and the DRR loss.
+
+    Each iteration takes a batch from the preprocessing of ``configs/data.yaml`` — ``image_<size>`` CT volumes on
+    the CT scale, ``xray`` views on the X-ray scale (optionally ``xray_mask``) — and for the trained stage ``s``:
+
+    * conditioning augmentation (cascaded diffusion, Ho et al. 2022): the previous-stage input is the ground truth
+      on stage ``s−1``'s grid plus Gaussian noise of a random level in ``[0, cond_noise_max]``;
+    * ``x_t`` = the objective's corruption of ``image_<grid_s>``; loss = MSE(prediction, target) +
+      ``physics_loss(x̂0)`` (the DRR consistency term, timestep-gated);
+    * bf16 autocast on CUDA when ``amp`` is set; gradient clipping at ``clip_grad_norm``.
+
+    All other behaviour (events, handlers, metrics, optimizer stepping order) is ``SupervisedTrainer``'s.
+
+    Args:
+        objective: the diffusion objective (scheduler wrapper).
+        stage: the stage to train, or ``-1`` to train all stages jointly (one random stage per iteration).
+        fov_mm: field of view of the grids (mm), for the DRR spacing of each stage.
+        physics_loss: the DRR consistency loss, or ``None`` (``use_physics_loss: false``).
+        cond_noise_max: largest conditioning-augmentation noise standard deviation (CT scale).
+        clip_grad_norm: gradient-norm clipping threshold (``None``: off).
+        kwargs: everything else goes to ``SupervisedTrainer`` (``loss_function`` is the diffusion MSE).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        objective: DiffusionObjective,
+        stage: int,
+        fov_mm: float,
+        physics_loss: DRRConsistencyLoss | None = None,
+        cond_noise_max: float = 0.2,
+        clip_grad_norm: float | None = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        network = self.network.module if hasattr(self.network, "module") else self.network
+        if not isinstance(network, XrayToCTCascade):
+            raise ValueError(f"network must be an XrayToCTCascade, got {type(network).__name__}.")
+        if not -1 <= stage < network.num_stages:
+            raise ValueError(f"stage must be -1 (joint) or in [0, {network.num_stages - 1}], got {stage}.")
+        if not (math.isfinite(cond_noise_max) and cond_noise_max >= 0):
+            raise ValueError(f"cond_noise_max must be a non-negative number, got {cond_noise_max!r}.")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm!r}.")
+        self.objective, self.stage, self.fov_mm = objective, int(stage), float(fov_mm)
+        self.physics_loss, self.cond_noise_max, self.clip_grad_norm = (
+            physics_loss,
+            float(cond_noise_max),
+            clip_grad_norm,
+        )
+        self.cascade = network
+
+    def _stage_inputs(self, batch: dict, stage: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clean target on the stage grid and the augmented previous-stage volume."""
+        grids = [self.cascade.grid_size(i) for i in range(self.cascade.num_stages)]
+
+        def volume(grid: Sequence[int]) -> torch.Tensor:
+            key = f"image_{grid[0]}"
+            if key not in batch:
+                raise ValueError(f"batch has no {key!r} (set stage_sizes in the data config to the stage grids).")
+            image = torch.as_tensor(batch[key]).to(device=device, dtype=torch.float32)
+            return (
+                image if tuple(image.shape[2:]) == tuple(grid) else F.interpolate(image, size=tuple(grid), mode="area")
+            )
+
+        x0 = volume(grids[stage])
+        if stage == 0:
+            return x0, None
+        previous = volume(grids[stage - 1])
+        sigma = torch.rand(previous.shape[0], 1, 1, 1, 1, device=device) * self.cond_noise_max
+        return x0, previous + sigma * torch.randn_like(previous)
+
+    def _iteration(self, engine: CascadeDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device = engine.state.device
+        stage = engine.stage if engine.stage >= 0 else int(torch.randint(0, engine.cascade.num_stages, (1,)))
+        x0, previous = engine._stage_inputs(batchdata, stage, device)
+        xray = torch.as_tensor(batchdata["xray"]).to(device=device, dtype=torch.float32)
+        view_mask = batchdata.get("xray_mask")
+        view_mask = None if view_mask is None else torch.as_tensor(view_mask).to(device=device, dtype=torch.bool)
+        noise = torch.randn_like(x0)
+        t = engine.objective.sample_timesteps(x0)
+        x_t = engine.objective.corrupt(x0, noise, t)
+        target = engine.objective.target(x0, noise, t)
+        engine.state.output = {Keys.IMAGE: x_t, Keys.LABEL: target}
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        cuda = torch.device(device).type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(engine.amp and cuda)):
+            prediction = engine.network(x_t, t, xray, stage=stage, previous=previous, view_mask=view_mask)
+        prediction = prediction.float()
+        engine.state.output[Keys.PRED] = prediction
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        diffusion = engine.loss_function(prediction, target).mean()
+        physics = torch.zeros((), device=prediction.device)
+        if engine.physics_loss is not None:
+            x0_hat = engine.objective.predict_x0(x_t, prediction, t)
+            spacing = [engine.fov_mm / g for g in engine.cascade.grid_size(stage)]
+            physics = engine.physics_loss(x0_hat, xray, t, engine.objective.num_train_timesteps, spacing, view_mask)
+        loss = diffusion + physics
+        engine.state.output.update(
+            {Keys.LOSS: loss, "loss_diffusion": diffusion.detach(), "loss_drr": physics.detach(), "stage": stage}
+        )
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if engine.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in engine.network.parameters() if p.grad is not None], engine.clip_grad_norm
+            )
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
