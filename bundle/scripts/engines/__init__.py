@@ -2,12 +2,20 @@
 
 from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective
+from .sampler import CascadeSampler
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
+from .workflow import StageBatch, ensure_dataset, load_earlier_stages, stage_checkpoint, write_run_config
 
 __all__ = [
     "CascadeDiffusionTrainer",
+    "CascadeSampler",
     "DRRConsistencyLoss",
     "DiffusionObjective",
     "PREDICTION_TYPES",
+    "StageBatch",
+    "ensure_dataset",
     "freeze_for_stage",
+    "load_earlier_stages",
+    "stage_checkpoint",
+    "write_run_config",
 ]

@@ -39,7 +39,7 @@ def freeze_for_stage(network: XrayToCTCascade, stage: int) -> None:
 class CascadeDiffusionTrainer(SupervisedTrainer):
     """Train one stage of :class:`XrayToCTCascade` (or all, jointly) with a diffusion objective and the DRR loss.
 
-    Each iteration takes a batch from the preprocessing of ``configs/data.yaml`` — ``image_<size>`` CT volumes on
+    Each iteration takes a batch from the preprocessing of ``configs/train.yaml`` — ``image_<size>`` CT volumes on
     the CT scale, ``xray`` views on the X-ray scale (optionally ``xray_mask``) — and for the trained stage ``s``:
 
     * conditioning augmentation (cascaded diffusion, Ho et al. 2022): the previous-stage input is the ground truth
