@@ -139,3 +139,23 @@ def test_trainer_rejects_bad_settings():
         _trainer(net, stage=5)
     with pytest.raises(ValueError, match=r"stage must be -1 \(joint\) or in \[0, 1\], got 2"):
         freeze_for_stage(net, 2)
+
+
+def test_stage_one_can_be_conditioned_on_stage_zero_samples():
+    from functools import partial
+
+    from monai.networks.schedulers import DDIMScheduler
+    from scripts.engines import CascadeSampler
+
+    net = _cascade()
+    freeze_for_stage(net, 1)
+    sampler = CascadeSampler(partial(DDIMScheduler, 1000, prediction_type="v_prediction"), 2)
+    trainer = _trainer(net, stage=1)
+    trainer.previous_sampler = sampler
+    batch = next(iter(_batches(1)))
+    x0, previous = trainer._stage_inputs(batch, 1, torch.device("cpu"))
+    assert x0.shape == (1, 1, 32, 32, 32) and previous.shape == (1, 1, 16, 16, 16)
+    # A sample of the untrained stage 0 (output 0 everywhere) is not the ground truth on the previous grid.
+    assert not torch.allclose(previous, batch["image_16"])
+    trainer.run()
+    assert torch.isfinite(trainer.state.output["loss"])

@@ -15,6 +15,7 @@ from monai.utils.enums import CommonKeys as Keys
 from ..networks import XrayToCTCascade
 from .losses import DRRConsistencyLoss
 from .objective import DiffusionObjective
+from .sampler import CascadeSampler
 
 __all__ = ["CascadeDiffusionTrainer", "freeze_for_stage"]
 
@@ -57,6 +58,8 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         physics_loss: the DRR consistency loss, or ``None`` (``use_physics_loss: false``).
         cond_noise_max: largest conditioning-augmentation noise standard deviation (CT scale).
         clip_grad_norm: gradient-norm clipping threshold (``None``: off).
+        previous_sampler: when given, stage ``s > 0`` is conditioned on a sample of stage ``s − 1`` drawn with it
+            (plus the same augmentation noise) instead of the downsampled ground truth.
         kwargs: everything else goes to ``SupervisedTrainer`` (``loss_function`` is the diffusion MSE).
     """
 
@@ -69,6 +72,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         physics_loss: DRRConsistencyLoss | None = None,
         cond_noise_max: float = 0.2,
         clip_grad_norm: float | None = 1.0,
+        previous_sampler: CascadeSampler | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +92,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             clip_grad_norm,
         )
         self.cascade = network
+        self.previous_sampler = previous_sampler
 
     def _stage_inputs(self, batch: dict, stage: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clean target on the stage grid and the augmented previous-stage volume."""
@@ -105,7 +110,18 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         x0 = volume(grids[stage])
         if stage == 0:
             return x0, None
-        previous = volume(grids[stage - 1])
+        if self.previous_sampler is not None:
+            # The option closest to inference: condition on the (frozen) previous stage's own sample, itself
+            # conditioned on the ground truth one grid further down.
+            xray = torch.as_tensor(batch["xray"]).to(device=device, dtype=torch.float32)
+            with torch.no_grad():
+                encoding = self.cascade.encode(xray)
+                conditioning = volume(grids[stage - 2]) if stage >= 2 else None
+                previous = self.previous_sampler.sample_stage(
+                    self.cascade, encoding, stage - 1, conditioning, xray.shape[0]
+                )
+        else:
+            previous = volume(grids[stage - 1])
         sigma = torch.rand(previous.shape[0], 1, 1, 1, 1, device=device) * self.cond_noise_max
         return x0, previous + sigma * torch.randn_like(previous)
 

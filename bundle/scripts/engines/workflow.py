@@ -13,7 +13,15 @@ from ..data import prepare_dataset
 from ..networks import XrayToCTCascade
 from ..utils import atomic_write
 
-__all__ = ["StageBatch", "ensure_dataset", "load_earlier_stages", "stage_checkpoint", "write_run_config"]
+__all__ = [
+    "DRRPreviewHandler",
+    "StageBatch",
+    "drr_error_pairs",
+    "ensure_dataset",
+    "load_earlier_stages",
+    "stage_checkpoint",
+    "write_run_config",
+]
 
 
 def stage_checkpoint(ckpt_dir: str | os.PathLike, stage: int) -> Path:
@@ -51,22 +59,23 @@ def ensure_dataset(dataset_dir: str | os.PathLike, **prepare_kwargs) -> Path:
 
 
 def load_earlier_stages(network: XrayToCTCascade, ckpt_dir: str | os.PathLike, stage: int) -> None:
-    """Load the encoder and stages ``< stage`` from stage ``stage − 1``'s checkpoint (EMA weights, ``weights_only``).
+    """Load the encoder and stages ``< stage`` from stage ``stage − 1``'s checkpoint (EMA weights, ``weights_only``);
+    for joint fine-tuning (``stage = -1``) everything from the last stage's checkpoint.
 
     Raises:
         ValueError: naming ``ckpt_dir`` and the missing file, or the stage whose weights do not fit.
     """
-    if stage <= 0:
+    if stage == 0:
         return
-    path = stage_checkpoint(ckpt_dir, stage - 1)
+    last = network.num_stages - 1
+    source = last if stage == -1 else stage - 1  # joint fine-tuning starts from the fully trained cascade
+    path = stage_checkpoint(ckpt_dir, source)
     if not path.is_file():
-        raise ValueError(
-            f"ckpt_dir: training stage {stage} needs the trained stage {stage - 1} at {path}; train it first "
-            f"(--stage {stage - 1})."
-        )
+        what = "joint fine-tuning needs the trained cascade" if stage == -1 else f"training stage {stage} needs"
+        raise ValueError(f"ckpt_dir: {what} the trained stage {source} at {path}; train it first (--stage {source}).")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("ema", state.get("network", state))  # the EMA weights are the ones validated and kept
-    keep = ("encoder.",) + tuple(f"stages.{i}." for i in range(stage))
+    keep = ("encoder.",) + tuple(f"stages.{i}." for i in range(stage if stage > 0 else network.num_stages))
     subset = {k: v for k, v in state.items() if k.startswith(keep)}
     own = network.state_dict()
     bad = [k for k, v in subset.items() if k not in own or own[k].shape != v.shape]
@@ -80,3 +89,57 @@ def load_earlier_stages(network: XrayToCTCascade, ckpt_dir: str | os.PathLike, s
 def write_run_config(path: str | os.PathLike, config: Mapping) -> None:
     """Record what produced a checkpoint next to it (JSON, atomic)."""
     atomic_write(Path(path), lambda p: Path(p).write_text(json.dumps(config, indent=2, default=str)), overwrite=True)
+
+
+def drr_error_pairs(composer, hu_window, fov_mm: float):
+    """``output_transform`` for a metric of DRR consistency: (DRR of each sampled CT, its input views).
+
+    Both on the X-ray network scale; the sampled CT (CT scale) is mapped to HU and rendered at its grid's spacing.
+    """
+    low, high = float(hu_window[0]), float(hu_window[1])
+
+    def transform(outputs):
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        drrs, views = [], []
+        for out in outputs:
+            pred = torch.as_tensor(out["pred"]).float()  # (1, X, Y, Z)
+            hu = (pred + 1.0) * (0.5 * (high - low)) + low
+            spacing = [fov_mm / n for n in pred.shape[1:]]
+            with torch.no_grad():
+                drrs.append(composer(hu[None].cpu(), spacing)[0])  # (V, H, W)
+            views.append(torch.as_tensor(out["image"]).float().cpu())
+        return drrs, views
+
+    return transform
+
+
+class DRRPreviewHandler:
+    """After each validation, log the first case's input views beside the DRRs of its sample to TensorBoard.
+
+    The same comparison the physics loss makes, as images (X-ray network scale mapped to [0, 1] for display).
+    """
+
+    def __init__(self, composer, hu_window, fov_mm: float, log_dir: str | os.PathLike) -> None:
+        self.pairs = drr_error_pairs(composer, hu_window, fov_mm)
+        self.log_dir = str(log_dir)
+        self._writer = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        output = engine.state.output
+        if not output:
+            return
+        drrs, views = self.pairs(output[:1] if isinstance(output, list) else output)
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        image = torch.cat([views[0], drrs[0]], dim=-1)  # (V, H, 2W): input | DRR of the sample
+        step = engine.state.epoch
+        for v in range(image.shape[0]):
+            self._writer.add_image(f"drr_vs_input_view{v}", ((image[v : v + 1] + 1.0) / 2.0).clamp(0, 1), step)
+        self._writer.flush()

@@ -1,0 +1,124 @@
+"""The training workflow through MONAI's ConfigWorkflow, with tiny overrides (16³ grids, 1-2 epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
+TINY = {
+    "synthetic_count": 4,
+    "synthetic_size": 32,
+    "synthetic_spacing_mm": 10.0,
+    "image_size": 16,
+    "stage_sizes": [8, 16],
+    "stages": [
+        {"grid_size": 8, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
+        {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
+    ],
+    "encoder": {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32},
+    "geometry#detector_shape": [32, 32],
+    "geometry#pixel_spacing_mm": [17.6, 17.6],
+    "max_epochs": 1,
+    "val_interval": 1,
+    "num_inference_steps": 2,
+    "ssim_window": 3,
+    "batch_size": 2,
+}
+
+
+def _run(tmp_path, presets=(), **overrides):
+    files = [os.path.join(CONFIGS, "train.yaml")] + [os.path.join(CONFIGS, p) for p in presets]
+    settings = dict(
+        TINY,
+        dataset_dir=str(tmp_path / "data"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        **overrides,
+    )
+    workflow = ConfigWorkflow(config_file=files, workflow_type=None, run_id="training", **settings)
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    workflow.finalize()
+    return trainer, evaluator
+
+
+def test_stage_zero_then_stage_one(tmp_path):
+    trainer, evaluator = _run(tmp_path)
+    assert (tmp_path / "data" / "datalist.json").exists()  # prepared on the fly
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 1  # 2 training cases, batch 2
+    assert set(evaluator.state.metrics) == {"val_psnr", "val_ssim", "val_mae_hu", "val_drr_error"}
+    assert 0.0 < evaluator.state.metrics["val_mae_hu"] < 3000.0
+    stage0 = tmp_path / "models" / "stage_0"
+    assert sorted(p.name for p in stage0.iterdir()) == ["config.json", "model.pt", "model_best.pt"]
+    config = json.loads((stage0 / "config.json").read_text())
+    assert config["stage"] == 0 and config["prediction_type"] == "v_prediction" and config["stages"] == TINY["stages"]
+    checkpoint = torch.load(stage0 / "model.pt", weights_only=True)
+    assert set(checkpoint) == {"network", "ema", "optimizer"}
+    # Stage 1 starts from stage 0's EMA weights and keeps them (and the encoder) fixed.
+    _run(tmp_path, stage=1)
+    stage1 = torch.load(tmp_path / "models" / "stage_1" / "model.pt", weights_only=True)["network"]
+    for key, value in checkpoint["ema"].items():
+        if key.startswith(("encoder.", "stages.0.")):
+            assert torch.equal(stage1[key], value), key
+    # Joint fine-tuning starts from the trained cascade and may change every stage.
+    _run(tmp_path, stage=-1)
+    joint = torch.load(tmp_path / "models" / "joint" / "model.pt", weights_only=True)["network"]
+    assert set(joint) == set(stage1)
+    events = list((tmp_path / "runs").glob("events.out.tfevents.*"))
+    assert events  # TensorBoard scalars and preview images
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "rectified_flow"])
+def test_other_objectives_train_and_validate(tmp_path, prediction_type):
+    _run(tmp_path, prediction_type=prediction_type, use_physics_loss=False)
+    config = json.loads((tmp_path / "models" / "stage_0" / "config.json").read_text())
+    assert config["prediction_type"] == prediction_type and config["use_physics_loss"] is False
+
+
+@pytest.mark.parametrize("preset", ["stages/quick_2stage.yaml", "stages/progressive_3stage.yaml"])
+def test_presets_stack_on_train_yaml(tmp_path, preset):
+    # The preset's own stage list and sizes, shrunk back to the tiny ones by the overrides that follow it.
+    trainer, _ = _run(tmp_path, presets=[preset])
+    assert trainer.cascade.num_stages == 2
+
+
+def test_missing_earlier_stage_is_named(tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        _run(tmp_path, stage=1)
+    assert "ckpt_dir: training stage 1 needs the trained stage 0" in str(info.value.__cause__)
+
+
+def test_negative_physics_weight_is_named(tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        _run(tmp_path, physics_loss_weight=-0.5)
+    assert "physics_loss_weight must be a non-negative number" in repr(info.value.__cause__) + str(info.value)
+
+
+def test_unknown_stage_is_named(tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        _run(tmp_path, stage=7)
+    assert "stage must be -1 (joint) or in [0, 1], got 7" in str(info.value.__cause__)
+
+
+def test_readme_training_command_runs_from_the_repository_root(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.join(CONFIGS, "..", "..")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    settings = dict(
+        TINY, dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs")
+    )
+    for key, value in settings.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
+    assert "val_psnr" in proc.stdout + proc.stderr
