@@ -122,3 +122,20 @@ def test_readme_training_command_runs_from_the_repository_root(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
     assert "val_psnr" in proc.stdout + proc.stderr
+
+
+def test_mlflow_tracking_records_losses_and_metrics(tmp_path):
+    mlflow = pytest.importorskip("mlflow")  # optional extra: pip install -e ".[mlflow]"
+    from monai.bundle import run
+
+    settings = dict(
+        TINY,
+        dataset_dir=str(tmp_path / "data"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        progress_bar=False,
+    )
+    run("training", config_file=os.path.join(CONFIGS, "train.yaml"), tracking="mlflow", **settings)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlruns.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert {"metrics.train_loss", "metrics.val_psnr", "metrics.val_ssim"} <= set(runs.columns)
