@@ -84,9 +84,23 @@ def test_other_objectives_train_and_validate(tmp_path, prediction_type):
 
 @pytest.mark.parametrize("preset", ["stages/quick_2stage.yaml", "stages/progressive_3stage.yaml"])
 def test_presets_stack_on_train_yaml(tmp_path, preset):
-    # The preset's own stage list and sizes, shrunk back to the tiny ones by the overrides that follow it.
-    trainer, _ = _run(tmp_path, presets=[preset])
-    assert trainer.cascade.num_stages == 2
+    # The preset's encoder applies; its stage list and sizes are shrunk back to the tiny ones by the overrides.
+    settings = {k: v for k, v in TINY.items() if k != "encoder"}
+    files = [os.path.join(CONFIGS, "train.yaml"), os.path.join(CONFIGS, preset)]
+    workflow = ConfigWorkflow(
+        config_file=files,
+        workflow_type=None,
+        run_id="training",
+        **settings,
+        dataset_dir=str(tmp_path / "data"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+    )
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.cascade.num_stages == 2 and trainer.cascade.encoder.dim == 256  # the preset's encoder
+    assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
 
 
 def test_missing_earlier_stage_is_named(tmp_path):
@@ -139,3 +153,14 @@ def test_mlflow_tracking_records_losses_and_metrics(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlruns.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert {"metrics.train_loss", "metrics.val_psnr", "metrics.val_ssim"} <= set(runs.columns)
+
+
+def test_datalist_without_validation_cases_is_named(tmp_path):
+    from scripts.engines import ensure_dataset
+
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz"}], "validation": []}))
+    with pytest.raises(ValueError, match="has no 'validation' cases; training needs both"):
+        ensure_dataset(tmp_path)
+    (tmp_path / "datalist.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a readable datalist"):
+        ensure_dataset(tmp_path)

@@ -51,10 +51,23 @@ class StageBatch:
 
 
 def ensure_dataset(dataset_dir: str | os.PathLike, **prepare_kwargs) -> Path:
-    """Return ``dataset_dir/datalist.json``, running the prepare workflow first when it does not exist."""
+    """Return ``dataset_dir/datalist.json``, running the prepare workflow first when it does not exist.
+
+    Raises:
+        ValueError: the datalist is unreadable or has no training or no validation cases.
+    """
     datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.exists():
         prepare_dataset(dataset_dir, **prepare_kwargs)
+    try:
+        content = json.loads(datalist.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"dataset_dir: {datalist} is not a readable datalist ({err}).") from None
+    for key in ("training", "validation"):
+        if not content.get(key):
+            raise ValueError(
+                f"dataset_dir: {datalist} has no {key!r} cases; training needs both (prepare at least 2 cases)."
+            )
     return datalist
 
 
