@@ -151,11 +151,14 @@ def test_stage_one_can_be_conditioned_on_stage_zero_samples():
     freeze_for_stage(net, 1)
     sampler = CascadeSampler(partial(DDIMScheduler, 1000, prediction_type="v_prediction"), 2)
     trainer = _trainer(net, stage=1)
-    trainer.previous_sampler = sampler
+    trainer.cond_noise_max = 0.0  # no augmentation noise: the conditioning is exactly what the source gives
     batch = next(iter(_batches(1)))
+    _, truth = trainer._stage_inputs(batch, 1, torch.device("cpu"))
+    torch.testing.assert_close(truth, batch["image_16"])  # without a sampler: the ground truth
+    trainer.previous_sampler = sampler
     x0, previous = trainer._stage_inputs(batch, 1, torch.device("cpu"))
     assert x0.shape == (1, 1, 32, 32, 32) and previous.shape == (1, 1, 16, 16, 16)
-    # A sample of the untrained stage 0 (output 0 everywhere) is not the ground truth on the previous grid.
+    # With the sampler: a sample of the untrained stage 0, not the ground truth.
     assert not torch.allclose(previous, batch["image_16"])
     trainer.run()
     assert torch.isfinite(trainer.state.output["loss"])

@@ -67,7 +67,19 @@ def test_stage_zero_then_stage_one(tmp_path):
     for key, value in checkpoint["ema"].items():
         if key.startswith(("encoder.", "stages.0.")):
             assert torch.equal(stage1[key], value), key
-    # Joint fine-tuning starts from the trained cascade and may change every stage.
+    # Joint fine-tuning starts from the trained cascade (stage 1's EMA weights, every stage) ...
+    from monai.bundle import ConfigParser
+    from scripts.engines import load_earlier_stages
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "train.yaml"))
+    for key, value in TINY.items():
+        parser[key] = value
+    fresh = parser.get_parsed_content("network_def")
+    load_earlier_stages(fresh, tmp_path / "models", -1)
+    ema1 = torch.load(tmp_path / "models" / "stage_1" / "model.pt", weights_only=True)["ema"]
+    assert all(torch.equal(v, ema1[k]) for k, v in fresh.state_dict().items())
+    # ... and runs.
     _run(tmp_path, stage=-1)
     joint = torch.load(tmp_path / "models" / "joint" / "model.pt", weights_only=True)["network"]
     assert set(joint) == set(stage1)
@@ -76,10 +88,16 @@ def test_stage_zero_then_stage_one(tmp_path):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "rectified_flow"])
-def test_other_objectives_train_and_validate(tmp_path, prediction_type):
-    _run(tmp_path, prediction_type=prediction_type, use_physics_loss=False)
+@pytest.mark.parametrize("use_physics_loss", [True, False])
+def test_other_objectives_train_and_validate(tmp_path, prediction_type, use_physics_loss):
+    trainer, evaluator = _run(
+        tmp_path, prediction_type=prediction_type, use_physics_loss=use_physics_loss, physics_timestep_gate=1.0
+    )
     config = json.loads((tmp_path / "models" / "stage_0" / "config.json").read_text())
-    assert config["prediction_type"] == prediction_type and config["use_physics_loss"] is False
+    assert config["prediction_type"] == prediction_type and config["use_physics_loss"] is use_physics_loss
+    loss_drr = float(trainer.state.output[0]["loss_drr"])
+    assert (loss_drr > 0) if use_physics_loss else (loss_drr == 0)
+    assert 0.0 < evaluator.state.metrics["val_mae_hu"] < 3000.0
 
 
 @pytest.mark.parametrize("preset", ["stages/quick_2stage.yaml", "stages/progressive_3stage.yaml"])
@@ -101,6 +119,20 @@ def test_presets_stack_on_train_yaml(tmp_path, preset):
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.cascade.num_stages == 2 and trainer.cascade.encoder.dim == 256  # the preset's encoder
     assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    from monai.bundle import ConfigParser
+    from scripts.engines import load_earlier_stages
+
+    _run(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "train.yaml"))
+    for key, value in TINY.items():
+        parser[key] = value
+    parser["encoder"] = dict(TINY["encoder"], depth=2)  # one more encoder block than the checkpoint has
+    with pytest.raises(ValueError, match="does not match this network's earlier stages"):
+        load_earlier_stages(parser.get_parsed_content("network_def"), tmp_path / "models", 1)
 
 
 def test_missing_earlier_stage_is_named(tmp_path):

@@ -27,6 +27,8 @@ class CascadeSampler(Inferer):
         num_inference_steps: steps per stage (one number for all stages, or one per stage).
         stages: which stages to run (default all); the last one's sample is returned.
         clip: clamp each stage's final sample to [−1, 1].
+        seed: seed of a private generator used when a call passes none, so that sampling (e.g. validation during
+            training) is reproducible and never draws from, or shifts, the global random stream.
     """
 
     def __init__(
@@ -35,12 +37,14 @@ class CascadeSampler(Inferer):
         num_inference_steps: int | Sequence[int] = 20,
         stages: Sequence[int] | None = None,
         clip: bool = True,
+        seed: int | None = 0,
     ) -> None:
         super().__init__()
         self.scheduler_factory = scheduler_factory
         self.num_inference_steps = num_inference_steps
         self.stages = None if stages is None else [int(s) for s in stages]
         self.clip = clip
+        self.seed = seed
 
     def _steps(self, stage: int) -> int:
         steps = self.num_inference_steps
@@ -96,6 +100,8 @@ class CascadeSampler(Inferer):
         """
         net = network.module if hasattr(network, "module") else network
         stages = self.stages if self.stages is not None else list(range(net.num_stages))
+        if generator is None and self.seed is not None:
+            generator = torch.Generator().manual_seed(self.seed)
         encoding = net.encode(inputs, view_mask)
         sample = previous
         for stage in stages:

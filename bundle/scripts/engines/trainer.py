@@ -75,6 +75,9 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         previous_sampler: CascadeSampler | None = None,
         **kwargs: Any,
     ) -> None:
+        # Unused stages (joint training picks one per iteration) must get None, not zero, gradients: AdamW would
+        # otherwise keep moving them by momentum and weight decay.
+        kwargs.setdefault("optim_set_to_none", True)
         super().__init__(*args, **kwargs)
         network = self.network.module if hasattr(self.network, "module") else self.network
         if not isinstance(network, XrayToCTCascade):
@@ -114,8 +117,10 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             # The option closest to inference: condition on the (frozen) previous stage's own sample, itself
             # conditioned on the ground truth one grid further down.
             xray = torch.as_tensor(batch["xray"]).to(device=device, dtype=torch.float32)
+            mask = batch.get("xray_mask")
+            mask = None if mask is None else torch.as_tensor(mask).to(device=device, dtype=torch.bool)
             with torch.no_grad():
-                encoding = self.cascade.encode(xray)
+                encoding = self.cascade.encode(xray, mask)
                 conditioning = volume(grids[stage - 2]) if stage >= 2 else None
                 previous = self.previous_sampler.sample_stage(
                     self.cascade, encoding, stage - 1, conditioning, xray.shape[0]
@@ -150,7 +155,8 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         physics = torch.zeros((), device=prediction.device)
         if engine.physics_loss is not None:
             x0_hat = engine.objective.predict_x0(x_t, prediction, t)
-            spacing = [engine.fov_mm / g for g in engine.cascade.grid_size(stage)]
+            fov = engine.cascade.stage_configs[stage]["fov_mm"]  # per axis; a stage may set its own
+            spacing = [f / g for f, g in zip(fov, engine.cascade.grid_size(stage), strict=True)]
             physics = engine.physics_loss(x0_hat, xray, t, engine.objective.num_train_timesteps, spacing, view_mask)
         loss = diffusion + physics
         engine.state.output.update(

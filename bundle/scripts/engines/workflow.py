@@ -92,6 +92,7 @@ def load_earlier_stages(network: XrayToCTCascade, ckpt_dir: str | os.PathLike, s
     subset = {k: v for k, v in state.items() if k.startswith(keep)}
     own = network.state_dict()
     bad = [k for k, v in subset.items() if k not in own or own[k].shape != v.shape]
+    bad += [k for k in own if k.startswith(keep) and k not in subset]  # every expected weight must be there
     if bad or not subset:
         raise ValueError(
             f"ckpt_dir: {path} does not match this network's earlier stages (first mismatches: {bad[:3]})."
