@@ -33,6 +33,7 @@ def render_example_ct(workdir: Path, image_size: int = 128, detector: int = 256)
     parser.read_config(str(ROOT / "bundle" / "configs" / "train.yaml"))
     parser["bundle_root"] = str(ROOT / "bundle")
     parser["dataset_dir"] = str(workdir / "data")
+    parser["datalist"] = str(workdir / "data" / "datalist.json")  # one training case, no validation set needed
     parser["image_size"] = image_size
     parser["stage_sizes"] = [image_size]
     parser["geometry#detector_shape"] = [detector, detector]
