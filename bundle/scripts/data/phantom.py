@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PHANTOM_LABELS", "synthetic_chest_ct"]
+__all__ = ["PHANTOM_LABELS", "phantom_spacing", "synthetic_chest_ct"]
 
 #: Label ids of the phantom's label map.
 PHANTOM_LABELS: dict[str, int] = {
@@ -119,6 +119,14 @@ def _vessel_tree(
     return branches
 
 
+def phantom_spacing(spacing_mm: float | Sequence[float]) -> tuple[float, float, float]:
+    """``(sx, sy, sz)`` in mm from one number (isotropic) or three, or a ValueError naming ``spacing_mm``."""
+    spacing = (float(spacing_mm),) * 3 if isinstance(spacing_mm, numbers.Real) else tuple(map(float, spacing_mm))
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing_mm must be a positive number or three positive numbers in mm, got {spacing_mm!r}.")
+    return spacing
+
+
 def synthetic_chest_ct(
     size: int | Sequence[int] = 64,
     spacing_mm: float | Sequence[float] = 5.0,
@@ -140,11 +148,9 @@ def synthetic_chest_ct(
         The grid centre is the world origin: voxel ``(i, j, k)`` is at ``((i − (X−1)/2)·sx, …)`` mm.
     """
     shape = (int(size),) * 3 if isinstance(size, numbers.Integral) else tuple(int(s) for s in size)
-    spacing = (float(spacing_mm),) * 3 if isinstance(spacing_mm, numbers.Real) else tuple(map(float, spacing_mm))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"size must be a positive int or three positive ints (X, Y, Z), got {size!r}.")
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing_mm must be a positive number or three positive numbers in mm, got {spacing_mm!r}.")
+    spacing = phantom_spacing(spacing_mm)
     if not (math.isfinite(noise_hu) and noise_hu >= 0):
         raise ValueError(f"noise_hu must be a non-negative number of HU, got {noise_hu!r}.")
     rng = np.random.default_rng(seed)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 from ..physics import centred_affine
 from ..utils import atomic_write
 from .io import find_ct_sources, load_ct, write_nifti
-from .phantom import synthetic_chest_ct
+from .phantom import phantom_spacing, synthetic_chest_ct
 
 __all__ = ["prepare_dataset", "split_cases"]
 
@@ -121,7 +120,7 @@ def prepare_dataset(
     if source_dir is None:
         if isinstance(synthetic_count, bool) or not isinstance(synthetic_count, int) or synthetic_count < 1:
             raise ValueError(f"synthetic_count must be a positive number of phantoms, got {synthetic_count!r}.")
-        synthetic_chest_ct(4, synthetic_spacing_mm, seed=seed)  # validates the spacing (and fails fast)
+        spacing = phantom_spacing(synthetic_spacing_mm)
         sources = []
     else:
         sources = find_ct_sources(source_dir)
@@ -131,12 +130,7 @@ def prepare_dataset(
     failures: list[dict] = []
     if source_dir is None:
         for i in range(int(synthetic_count)):
-            hu, labels = synthetic_chest_ct(synthetic_size, synthetic_spacing_mm, seed=seed + i)
-            spacing = (
-                (float(synthetic_spacing_mm),) * 3
-                if isinstance(synthetic_spacing_mm, numbers.Real)
-                else tuple(map(float, synthetic_spacing_mm))
-            )
+            hu, labels = synthetic_chest_ct(synthetic_size, spacing, seed=seed + i)
             affine = centred_affine(hu.shape, spacing)
             name = f"phantom_{i:04d}.nii.gz"
             write_nifti(out / "volumes" / name, np.round(hu).astype(np.int16), affine, overwrite)
