@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from PIL import Image
 
+from .data.io import write_nifti
 from .physics import DRRRenderer, centred_affine, mu_to_hu, voxelize_ellipsoids
 from .utils import atomic_write
 
@@ -73,17 +73,16 @@ def render_demo(
     with torch.no_grad():
         drr = renderer(mu[None, None], spacing_mm)[0].cpu().numpy()  # (V, H, W)
     hu = mu_to_hu(mu, mu_water).numpy().astype(np.float32)
-    ct = nib.Nifti1Image(hu, centred_affine(volume_shape, spacing_mm))
-    ct.header.set_xyzt_units("mm")
-    atomic_write(targets[0], lambda p: nib.save(ct, p), overwrite)
+    write_nifti(targets[0], hu, centred_affine(volume_shape, spacing_mm), overwrite)
 
     ph, pw = geometry.pixel_spacing_mm
     views = {}
     for name, image in zip(names, drr, strict=True):
         # Axes (column, row); the negative axis directions make NIfTI viewers, which draw +x (R) on the screen's
         # left and +y (A) at the top, show the image as the PNG: row 0 at the top, column 0 on the left.
-        nifti = nib.Nifti1Image(image.T[:, :, None].astype(np.float32), np.diag([-pw, -ph, 1.0, 1.0]))
-        atomic_write(out / f"drr_{name}.nii.gz", lambda p, img=nifti: nib.save(img, p), overwrite)
+        write_nifti(
+            out / f"drr_{name}.nii.gz", image.T[:, :, None].astype(np.float32), np.diag([-pw, -ph, 1.0, 1.0]), overwrite
+        )
         png = Image.fromarray(_preview(image, max_line_integral))
         atomic_write(out / f"drr_{name}.png", lambda p, img=png: img.save(p, format="PNG"), overwrite)
         views[name] = {
