@@ -112,7 +112,6 @@ def _trainer(net, stage, physics=True, epochs=1):
         loss_function=torch.nn.MSELoss(),
         objective=_objectives()["v_prediction"],
         stage=stage,
-        fov_mm=320.0,
         physics_loss=DRRConsistencyLoss(composer, timestep_gate=1.0) if physics else None,
         decollate=False,
     )

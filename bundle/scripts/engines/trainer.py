@@ -54,7 +54,6 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
     Args:
         objective: the diffusion objective (scheduler wrapper).
         stage: the stage to train, or ``-1`` to train all stages jointly (one random stage per iteration).
-        fov_mm: field of view of the grids (mm), for the DRR spacing of each stage.
         physics_loss: the DRR consistency loss, or ``None`` (``use_physics_loss: false``).
         cond_noise_max: largest conditioning-augmentation noise standard deviation (CT scale).
         clip_grad_norm: gradient-norm clipping threshold (``None``: off).
@@ -68,7 +67,6 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         *args: Any,
         objective: DiffusionObjective,
         stage: int,
-        fov_mm: float,
         physics_loss: DRRConsistencyLoss | None = None,
         cond_noise_max: float = 0.2,
         clip_grad_norm: float | None = 1.0,
@@ -88,7 +86,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             raise ValueError(f"cond_noise_max must be a non-negative number, got {cond_noise_max!r}.")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm!r}.")
-        self.objective, self.stage, self.fov_mm = objective, int(stage), float(fov_mm)
+        self.objective, self.stage = objective, int(stage)
         self.physics_loss, self.cond_noise_max, self.clip_grad_norm = (
             physics_loss,
             float(cond_noise_max),
