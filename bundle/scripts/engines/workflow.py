@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import check_preset, load_checkpoint
 from ..data import prepare_dataset
 from ..networks import XrayToCTCascade
 from ..utils import atomic_write
@@ -71,12 +72,21 @@ def ensure_dataset(dataset_dir: str | os.PathLike, **prepare_kwargs) -> Path:
     return datalist
 
 
-def load_earlier_stages(network: XrayToCTCascade, ckpt_dir: str | os.PathLike, stage: int) -> None:
+def load_earlier_stages(
+    network: XrayToCTCascade, ckpt_dir: str | os.PathLike, stage: int, preset: Mapping | None = None
+) -> None:
     """Load the encoder and stages ``< stage`` from stage ``stage − 1``'s checkpoint (EMA weights, ``weights_only``);
     for joint fine-tuning (``stage = -1``) everything from the last stage's checkpoint.
 
+    Args:
+        network: the cascade being trained.
+        ckpt_dir: the folder of the per-stage checkpoints.
+        stage: the stage about to be trained (``-1``: joint fine-tuning).
+        preset: this config's :func:`scripts.checkpoint.preset_record`; a checkpoint trained with another preset is
+            refused (``None``: shapes are still checked).
+
     Raises:
-        ValueError: naming ``ckpt_dir`` and the missing file, or the stage whose weights do not fit.
+        ValueError: naming ``ckpt_dir`` and the missing file, the other preset, or the stage whose weights do not fit.
     """
     if stage == 0:
         return
@@ -86,8 +96,10 @@ def load_earlier_stages(network: XrayToCTCascade, ckpt_dir: str | os.PathLike, s
     if not path.is_file():
         what = "joint fine-tuning needs the trained cascade" if stage == -1 else f"training stage {stage} needs"
         raise ValueError(f"ckpt_dir: {what} the trained stage {source} at {path}; train it first (--stage {source}).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("ema", state.get("network", state))  # the EMA weights are the ones validated and kept
+    checkpoint = load_checkpoint(path)
+    if preset is not None:
+        check_preset(checkpoint.get("preset"), preset, path)
+    state = checkpoint.get("ema", checkpoint.get("network", checkpoint))  # the EMA weights: validated and kept
     keep = ("encoder.",) + tuple(f"stages.{i}." for i in range(stage if stage > 0 else network.num_stages))
     subset = {k: v for k, v in state.items() if k.startswith(keep)}
     own = network.state_dict()

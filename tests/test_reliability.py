@@ -1,0 +1,166 @@
+"""Reliability: weights-only checkpoints, atomic writes, presets, non-finite steps, resume after SIGKILL, config
+errors."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import pytest
+import torch
+from scripts.checkpoint import (
+    check_preset,
+    load_checkpoint,
+    load_network_weights,
+    preset_record,
+    save_checkpoint,
+)
+
+TINY_STAGES = [{"grid_size": 8, "patch_size": 2, "width": 32, "depth": 1, "heads": 2}]
+TINY_ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
+
+
+def _record(name="tiny", stages=TINY_STAGES, encoder=TINY_ENCODER):
+    return preset_record(name, stages, encoder, 320.0, True)
+
+
+class _Payload:
+    """Unpickling this would call ``open(marker, "w")``: the file appears only if the payload ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"network": {"w": torch.ones(2)}, "extra": _Payload(marker)}, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"checkpoint {path} was refused: it is not a plain weights file (Unsupported global: GLOBAL io.open was not "
+        "an allowed global by default); it is read with weights_only=True only, and nothing in it was executed. Load "
+        "only checkpoints from a trusted source, saved as state dicts."
+    )
+    assert not marker.exists()
+    # The same file through every loader of the bundle.
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="was refused: it is not a plain weights file"):
+        load_network_weights(net, path, None)
+    assert not marker.exists()
+    # A bare pickle (not written by torch.save) carrying the payload is not a checkpoint either.
+    bare = tmp_path / "bare.pt"
+    with open(bare, "wb") as f:
+        pickle.dump({"network": _Payload(marker)}, f, protocol=2)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {bare} was refused: it is not a plain weights file (")):
+        load_checkpoint(bare)
+    assert not marker.exists()
+    # Sanity: the payload does run when unpickled without weights_only (what the loaders never do).
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_missing_and_truncated_checkpoints_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"checkpoint {tmp_path / 'none.pt'} does not exist.")):
+        load_checkpoint(tmp_path / "none.pt")
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"network": {"w": torch.arange(1000.0)}})
+    data = path.read_bytes()
+    for size in (0, len(data) // 2, len(data) - 10):
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=re.escape(f"checkpoint {path} is corrupt or truncated (")):
+            load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {path} is corrupt or truncated (")):
+        load_checkpoint(path)
+    torch.save([torch.ones(1)], path)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {path} is not a dictionary of state dicts (got list)")):
+        load_checkpoint(path)
+
+
+def test_save_checkpoint_records_preset_and_config_and_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"network": {"w": torch.ones(3)}}, _record(), {"stage": 0, "hu_window": (-1000.0, 2000.0)})
+    loaded = load_checkpoint(path)
+    assert loaded["preset"] == _record() and loaded["preset"]["name"] == "tiny"
+    assert loaded["config"] == {"stage": 0, "hu_window": [-1000.0, 2000.0]}
+    assert torch.equal(loaded["network"]["w"], torch.ones(3))
+    # A writer that dies half-way leaves the previous checkpoint intact and no temporary file behind.
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as handle:
+            handle.truncate(10)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"network": {"w": torch.zeros(3)}}, _record())
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(load_checkpoint(path)["network"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_nonfinite_weights_never_reach_a_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"network": {"w": torch.ones(2)}})
+    with pytest.raises(ValueError) as info:
+        save_checkpoint(path, {"network": {"w": torch.ones(2), "b": torch.tensor([0.0, float("nan")])}})
+    assert (
+        str(info.value)
+        == f"refusing to write checkpoint {path}: network.b is not finite (NaN or Inf); the file is kept."
+    )
+    assert torch.equal(load_checkpoint(path)["network"]["w"], torch.ones(2))
+
+
+def test_checkpoint_of_another_preset_names_both(tmp_path):
+    quick = _record("quick_2stage", stages=[dict(TINY_STAGES[0], grid_size=16)])
+    with pytest.raises(ValueError) as info:
+        check_preset(quick, _record(), "ckpt/model.pt")
+    assert str(info.value) == (
+        "checkpoint ckpt/model.pt was trained with preset 'quick_2stage' but this config is preset 'tiny' "
+        "(stages differ: stages[0].grid_size is 16 in the checkpoint, 8 in this config)."
+    )
+    with pytest.raises(ValueError) as info:
+        check_preset(_record(encoder=dict(TINY_ENCODER, depth=2)), _record(), "m.pt")
+    assert str(info.value) == (
+        "checkpoint m.pt was trained with preset 'tiny' but with other settings than this config's preset 'tiny' "
+        "(encoder differs: encoder.depth is 2 in the checkpoint, 1 in this config)."
+    )
+    with pytest.raises(
+        ValueError, match=r"\(name differs: name is 'custom' in the checkpoint, 'tiny' in this config\)"
+    ):
+        check_preset(_record("custom"), _record(), "m.pt")
+    check_preset(_record(), _record(), "m.pt")  # the same preset passes, and so does a checkpoint without a record
+    check_preset(None, _record(), "m.pt")
+
+
+def test_load_network_weights_checks_preset_and_shapes(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    path = tmp_path / "model.pt"
+    ema = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items()}
+    save_checkpoint(path, {"network": net.state_dict(), "ema": ema}, _record())
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    checkpoint = load_network_weights(fresh, path, _record())
+    assert checkpoint["preset"]["name"] == "tiny"
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in fresh.state_dict().values())  # the EMA weights
+    with pytest.raises(ValueError, match="was trained with preset 'tiny' but this config is preset 'quick_2stage'"):
+        load_network_weights(fresh, path, _record("quick_2stage"))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    with pytest.raises(ValueError) as info:
+        load_network_weights(other, path, None)
+    assert str(info.value) == (
+        f"checkpoint {path} does not fit this network: shape (checkpoint vs network) "
+        "['0.weight (4, 3) vs (5, 3)', '0.bias (4,) vs (5,)', '1.weight (2, 4) vs (2, 5)']."
+    )
+    torch.save({"0.weight": torch.ones(4, 3)}, path)  # a bare, partial state dict
+    with pytest.raises(ValueError) as info:
+        load_network_weights(fresh, path, _record())
+    assert str(info.value) == f"checkpoint {path} does not fit this network: missing ['0.bias', '1.weight', '1.bias']."
