@@ -164,3 +164,35 @@ def test_load_network_weights_checks_preset_and_shapes(tmp_path):
     with pytest.raises(ValueError) as info:
         load_network_weights(fresh, path, _record())
     assert str(info.value) == f"checkpoint {path} does not fit this network: missing ['0.bias', '1.weight', '1.bias']."
+
+
+def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
+    from ignite.engine import Engine
+    from scripts.engines.checkpointing import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path),
+        save_dict={"network": net},
+        preset=_record(),
+        config={"stage": 0},
+        save_final=True,
+        final_filename="model.pt",
+    )
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    saved = load_checkpoint(tmp_path / "model.pt")
+    assert set(saved) == {"network", "preset", "config"} and saved["config"] == {"stage": 0}
+    assert saved["preset"] == _record() and torch.equal(saved["network"]["weight"], net.weight)
+    # A non-finite model is refused: training stops with the error and the last good file stays.
+    with torch.no_grad():
+        net.bias.fill_(float("inf"))
+    with pytest.raises(ValueError) as info:
+        engine.run([0], max_epochs=1)
+    assert str(info.value) == (
+        f"refusing to write checkpoint {tmp_path / 'model.pt'}: network.bias is not finite (NaN or Inf); "
+        "the file is kept."
+    )
+    assert torch.equal(load_checkpoint(tmp_path / "model.pt")["network"]["bias"], saved["network"]["bias"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

@@ -60,7 +60,12 @@ def test_stage_zero_then_stage_one(tmp_path):
     config = json.loads((stage0 / "config.json").read_text())
     assert config["stage"] == 0 and config["prediction_type"] == "v_prediction" and config["stages"] == TINY["stages"]
     checkpoint = torch.load(stage0 / "model.pt", weights_only=True)
-    assert set(checkpoint) == {"network", "ema", "optimizer"}
+    assert set(checkpoint) == {"network", "ema", "optimizer", "preset", "config"}
+    assert checkpoint["preset"]["name"] == "tiny" and checkpoint["preset"]["stages"] == TINY["stages"]
+    assert checkpoint["config"] == config  # the run's config.json
+    best = torch.load(stage0 / "model_best.pt", weights_only=True)
+    assert set(best) == {"network", "preset", "config"} and best["preset"] == checkpoint["preset"]
+    assert not [p for p in stage0.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     # Stage 1 starts from stage 0's EMA weights and keeps them (and the encoder) fixed.
     _run(tmp_path, stage=1)
     stage1 = torch.load(tmp_path / "models" / "stage_1" / "model.pt", weights_only=True)["network"]
