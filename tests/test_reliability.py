@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from ignite.engine import Events
 from scripts.checkpoint import (
     check_preset,
     load_checkpoint,
@@ -17,6 +18,7 @@ from scripts.checkpoint import (
 )
 
 TINY_STAGES = [{"grid_size": 8, "patch_size": 2, "width": 32, "depth": 1, "heads": 2}]
+GEOMETRY_KW = {"views": ("pa", "lateral"), "detector_shape": 32, "pixel_spacing_mm": 17.6}
 TINY_ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
 
 
@@ -196,3 +198,79 @@ def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
     )
     assert torch.equal(load_checkpoint(tmp_path / "model.pt")["network"]["bias"], saved["network"]["bias"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+# ---- non-finite steps ---------------------------------------------------------------------------------------------
+
+
+def _nan_trainer(batches, max_nonfinite_steps=3, hook=None):
+    from monai.data import DataLoader
+    from monai.networks.schedulers import DDPMScheduler
+    from scripts.engines import CascadeDiffusionTrainer, DiffusionObjective
+    from scripts.networks import XrayToCTCascade
+    from scripts.physics import ProjectionGeometry
+
+    torch.manual_seed(0)
+    net = XrayToCTCascade(ProjectionGeometry(**GEOMETRY_KW), 320.0, TINY_STAGES, encoder=TINY_ENCODER)
+    items = [{"image_8": torch.rand(1, 8, 8, 8) * 2 - 1, "xray": torch.full((2, 32, 32), x)} for x in batches]
+    trainer = CascadeDiffusionTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(items, batch_size=1),
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=1e-3),
+        loss_function=torch.nn.MSELoss(),
+        objective=DiffusionObjective(DDPMScheduler(1000, prediction_type="v_prediction")),
+        stage=0,
+        max_nonfinite_steps=max_nonfinite_steps,
+        decollate=False,
+    )
+    weights = []  # the network after each iteration
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: weights.append(copy_state(net)))
+    return trainer, net, weights
+
+
+def copy_state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_nonfinite_loss_skips_the_step_and_is_counted(caplog):
+    nan = float("nan")
+    trainer, net, weights = _nan_trainer([0.1, nan, 0.2, nan, 0.3])
+    with caplog.at_level("WARNING"):
+        trainer.run()
+    assert trainer.state.iteration == 5 and trainer.state.skipped_steps == 2 and trainer.state.nonfinite_steps == 0
+    # The skipped steps leave every weight as it was; the finite ones move it.
+    for skipped in (1, 3):
+        assert all(torch.equal(weights[skipped][k], v) for k, v in weights[skipped - 1].items())
+    assert not all(torch.equal(weights[2][k], v) for k, v in weights[1].items())
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())
+    assert "iteration 2: non-finite loss nan, gradient norm nan; step skipped (1 in a row, 1 in total)." in caplog.text
+    assert "iteration 4: non-finite loss nan, gradient norm nan; step skipped (1 in a row, 2 in total)." in caplog.text
+
+
+def test_nonfinite_gradient_with_a_finite_loss_is_skipped():
+    trainer, net, weights = _nan_trainer([0.1, 0.2])
+    weight = net.stages[0]["denoiser"].final_layer.linear.weight
+    handle = weight.register_hook(lambda g: g * float("inf") if trainer.state.iteration == 2 else g)
+    trainer.run()
+    handle.remove()
+    assert trainer.state.skipped_steps == 1 and torch.isfinite(trainer.state.output["loss"])
+    assert trainer.state.output["skipped"] and not torch.isfinite(trainer.state.output["grad_norm"])
+    assert all(torch.equal(weights[1][k], v) for k, v in weights[0].items())
+
+
+def test_nonfinite_steps_in_a_row_stop_training_with_a_clear_error():
+    nan = float("nan")
+    trainer, net, weights = _nan_trainer([0.1, nan, nan, nan, 0.2], max_nonfinite_steps=3)
+    with pytest.raises(RuntimeError) as info:
+        trainer.run()
+    assert str(info.value) == (
+        "training stopped at iteration 4: 3 steps in a row had a non-finite loss or gradient (loss nan, gradient "
+        "norm nan); the weights are those of the last finite step. Lower learning_rate, check the data for NaN/Inf, "
+        "or raise max_nonfinite_steps."
+    )
+    assert trainer.state.skipped_steps == 3
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in weights[0].items())  # the last finite step's weights
+    with pytest.raises(ValueError, match=re.escape("max_nonfinite_steps must be a positive integer, got 0.")):
+        _nan_trainer([0.1], max_nonfinite_steps=0)

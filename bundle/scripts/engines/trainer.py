@@ -47,7 +47,11 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
       on stage ``s−1``'s grid plus Gaussian noise of a random level in ``[0, cond_noise_max]``;
     * ``x_t`` = the objective's corruption of ``image_<grid_s>``; loss = MSE(prediction, target) +
       ``physics_loss(x̂0)`` (the DRR consistency term, timestep-gated);
-    * bf16 autocast on CUDA when ``amp`` is set; gradient clipping at ``clip_grad_norm``.
+    * bf16 autocast on CUDA when ``amp`` is set; gradient clipping at ``clip_grad_norm``;
+    * numerical safety: a step whose loss or gradient norm is NaN or Inf is skipped (gradients dropped, no optimizer
+      step, so the weights stay those of the last finite step), logged and counted in ``engine.state.skipped_steps``
+      (``engine.state.nonfinite_steps`` counts the current streak); ``max_nonfinite_steps`` in a row stop training
+      with a ``RuntimeError``. Under ``torch.distributed`` the ranks agree on skipping.
 
     All other behaviour (events, handlers, metrics, optimizer stepping order) is ``SupervisedTrainer``'s.
 
@@ -59,6 +63,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         clip_grad_norm: gradient-norm clipping threshold (``None``: off).
         previous_sampler: when given, stage ``s > 0`` is conditioned on a sample of stage ``s − 1`` drawn with it
             (plus the same augmentation noise) instead of the downsampled ground truth.
+        max_nonfinite_steps: consecutive non-finite steps (skipped) after which training stops.
         kwargs: everything else goes to ``SupervisedTrainer`` (``loss_function`` is the diffusion MSE).
     """
 
@@ -71,6 +76,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         cond_noise_max: float = 0.2,
         clip_grad_norm: float | None = 1.0,
         previous_sampler: CascadeSampler | None = None,
+        max_nonfinite_steps: int = 5,
         **kwargs: Any,
     ) -> None:
         # Unused stages (joint training picks one per iteration) must get None, not zero, gradients: AdamW would
@@ -78,7 +84,10 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         kwargs.setdefault("optim_set_to_none", True)
         super().__init__(*args, **kwargs)
         network = self.network.module if hasattr(self.network, "module") else self.network
-        if not isinstance(network, XrayToCTCascade):
+        # The cascade, or a network with its training interface (the regression baselines, networks.LiftedRegressor).
+        if not isinstance(network, XrayToCTCascade) and not all(
+            hasattr(network, a) for a in ("encode", "grid_size", "num_stages", "stage_configs", "stages", "encoder")
+        ):
             raise ValueError(f"network must be an XrayToCTCascade, got {type(network).__name__}.")
         if not -1 <= stage < network.num_stages:
             raise ValueError(f"stage must be -1 (joint) or in [0, {network.num_stages - 1}], got {stage}.")
@@ -86,6 +95,8 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             raise ValueError(f"cond_noise_max must be a non-negative number, got {cond_noise_max!r}.")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm!r}.")
+        if isinstance(max_nonfinite_steps, bool) or not isinstance(max_nonfinite_steps, int) or max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be a positive integer, got {max_nonfinite_steps!r}.")
         self.objective, self.stage = objective, int(stage)
         self.physics_loss, self.cond_noise_max, self.clip_grad_norm = (
             physics_loss,
@@ -94,6 +105,10 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         )
         self.cascade = network
         self.previous_sampler = previous_sampler
+        self.max_nonfinite_steps = max_nonfinite_steps
+        # Part of the engine's state_dict, so that a resumed run keeps counting where it stopped.
+        self.state.nonfinite_steps = self.state.skipped_steps = 0
+        self.state_dict_user_keys.extend(["nonfinite_steps", "skipped_steps"])
 
     def _stage_inputs(self, batch: dict, stage: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clean target on the stage grid and the augmented previous-stage volume."""
@@ -161,12 +176,41 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             {Keys.LOSS: loss, "loss_diffusion": diffusion.detach(), "loss_drr": physics.detach(), "stage": stage}
         )
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        # Backward even for a non-finite loss: under DDP every rank must join the gradient all-reduce.
         loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        params = [p for p in engine.network.parameters() if p.grad is not None]
         if engine.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in engine.network.parameters() if p.grad is not None], engine.clip_grad_norm
-            )
-        engine.optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, engine.clip_grad_norm)  # the norm before clipping
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        finite = engine._finite_step(loss.detach(), grad_norm.detach())
+        if finite:
+            engine.optimizer.step()
+        engine.state.output.update({"grad_norm": grad_norm.detach(), "skipped": not finite})
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _finite_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """True when loss and gradient norm are finite; otherwise drop the gradients, count, and stop at the limit."""
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # skip on every rank or none
+        if bool(finite):
+            self.state.nonfinite_steps = 0
+            return True
+        self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        self.state.nonfinite_steps += 1
+        self.state.skipped_steps += 1
+        what = f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}"
+        if self.state.nonfinite_steps >= self.max_nonfinite_steps:
+            raise RuntimeError(
+                f"training stopped at iteration {self.state.iteration}: {self.state.nonfinite_steps} steps in a row "
+                f"had a non-finite loss or gradient ({what}); the weights are those of the last finite step. Lower "
+                "learning_rate, check the data for NaN/Inf, or raise max_nonfinite_steps."
+            )
+        self.logger.warning(
+            f"iteration {self.state.iteration}: non-finite {what}; step skipped "
+            f"({self.state.nonfinite_steps} in a row, {self.state.skipped_steps} in total)."
+        )
+        return False
