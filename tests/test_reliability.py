@@ -3,8 +3,14 @@ errors."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -274,3 +280,126 @@ def test_nonfinite_steps_in_a_row_stop_training_with_a_clear_error():
     assert all(torch.equal(net.state_dict()[k], v) for k, v in weights[0].items())  # the last finite step's weights
     with pytest.raises(ValueError, match=re.escape("max_nonfinite_steps must be a positive integer, got 0.")):
         _nan_trainer([0.1], max_nonfinite_steps=0)
+
+
+# ---- resume after SIGKILL -----------------------------------------------------------------------------------------
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TINY_RUN = {
+    "synthetic_count": 4,  # 2 training cases: with batch_size 1, two iterations per epoch (a kill can land mid-epoch)
+    "synthetic_size": 32,
+    "synthetic_spacing_mm": 10.0,
+    "image_size": 16,
+    "stage_sizes": [8, 16],
+    "stages": [TINY_STAGES[0], dict(TINY_STAGES[0], grid_size=16)],
+    "encoder": TINY_ENCODER,
+    "geometry#detector_shape": [32, 32],
+    "geometry#pixel_spacing_mm": [17.6, 17.6],
+    "max_epochs": 4,
+    "batch_size": 1,
+    "val_interval": 1000,
+    "num_inference_steps": 2,
+    "ssim_window": 3,
+    "checkpoint_interval": 1,
+    "progress_bar": False,
+}
+
+
+def _training_command(tmp_path, models, **extra):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    settings = dict(TINY_RUN, dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"), **extra)
+    for key, value in dict(settings, ckpt_dir=str(models)).items():
+        cmd += [f"--{key}", json.dumps(value)]
+    return cmd
+
+
+def _assert_identical(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_training_killed_with_sigkill_resumes_bit_identically(tmp_path):
+    # The uninterrupted reference run (it also prepares the shared data set).
+    full = subprocess.run(_training_command(tmp_path, tmp_path / "full"), cwd=ROOT, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-3000:]
+    # The same run, killed (SIGKILL: no handler runs) once its state file is past iteration 3 (mid-epoch 2) ...
+    state = tmp_path / "killed" / "stage_0" / "training_state.pt"
+    proc = subprocess.Popen(
+        _training_command(tmp_path, tmp_path / "killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and load_checkpoint(state)["trainer"]["iteration"] >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = load_checkpoint(state)["trainer"]["iteration"]
+    assert 3 <= killed_at < 8 and not (state.parent / "model.pt").exists()  # killed before the end
+    # ... and resumed with --resume true.
+    resumed = subprocess.run(
+        _training_command(tmp_path, tmp_path / "killed", resume=True), cwd=ROOT, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {state} at iteration {killed_at}" in resumed.stdout + resumed.stderr
+    # Same iteration, weights, EMA, optimizer moments, LR schedule, sampler, best-metric history and random streams.
+    reference = load_checkpoint(tmp_path / "full" / "stage_0" / "training_state.pt")
+    again = load_checkpoint(state)
+    assert again["trainer"]["iteration"] == reference["trainer"]["iteration"] == 8
+    _assert_identical(again, reference)
+    for name in ("model.pt", "model_best.pt"):
+        _assert_identical(load_checkpoint(state.parent / name), load_checkpoint(tmp_path / "full" / "stage_0" / name))
+    assert not [p.name for p in state.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def _state_run(path, data, max_epochs=2, resume=False, preset="tiny"):
+    from ignite.engine import Engine
+    from scripts.engines.checkpointing import TrainingStateHandler
+
+    net = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    TrainingStateHandler(path, {"network": net}, interval=1, resume=resume, preset=_record(preset)).attach(engine)
+    engine.run(data, max_epochs=max_epochs)
+    return engine
+
+
+def test_resume_errors_name_the_problem(tmp_path):
+    from scripts.engines.checkpointing import TrainingStateHandler
+
+    path = tmp_path / "training_state.pt"
+    with pytest.raises(
+        ValueError, match=re.escape("checkpoint_interval must be a non-negative integer (0: off), got -1")
+    ):
+        TrainingStateHandler(path, {}, interval=-1)
+    with pytest.raises(ValueError, match=re.escape("resume must be true or false, got 'maybe'.")):
+        TrainingStateHandler(path, {}, resume="maybe")
+    assert TrainingStateHandler(path, {}, resume="true").resume is True  # as the command line passes it
+    with pytest.raises(FileNotFoundError, match=re.escape(f"checkpoint {path} does not exist.")):
+        _state_run(path, [0, 1], resume=True)
+    _state_run(path, [0, 1])
+    assert load_checkpoint(path)["trainer"]["iteration"] == 4
+    with pytest.raises(
+        ValueError, match=re.escape(f"checkpoint {path} was trained with preset 'tiny' but this config")
+    ):
+        _state_run(path, [0, 1], max_epochs=3, resume=True, preset="quick_2stage")
+    with pytest.raises(ValueError) as info:
+        _state_run(path, [0, 1, 2], max_epochs=3, resume=True)
+    assert str(info.value) == (
+        f"resume: {path} was written with 2 iterations per epoch, this run has 3; the data set or batch_size changed."
+    )
+    with pytest.raises(ValueError) as info:
+        _state_run(path, [0, 1], max_epochs=1, resume=True)
+    assert str(info.value) == (
+        f"resume: {path} is at iteration 4, beyond max_epochs 1 (2 iterations); raise max_epochs to train on."
+    )
+    assert _state_run(path, [0, 1], max_epochs=3, resume=True).state.iteration == 6  # resuming extends the training

@@ -1,19 +1,37 @@
-"""Training checkpoints: MONAI's ``CheckpointSaver`` with atomic, finite-only writes that record preset and config."""
+"""Training checkpoints: atomic, finite-only, with their preset and config; the full training state for resuming.
+
+* :class:`AtomicCheckpointSaver` — MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``) writing atomically.
+* :class:`TrainingStateHandler` — every ``checkpoint_interval`` iterations, everything a run needs to continue
+  bit-identically (``training_state.pt``); ``--resume true`` continues from it.
+* :class:`ResumableRandomSampler` — the training order, resumable in the middle of an epoch.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
+from monai.transforms import Compose, Randomizable
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import check_preset, load_checkpoint, save_checkpoint
 
-__all__ = ["AtomicCheckpointSaver", "is_main_process"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "ResumableRandomSampler",
+    "TrainingStateHandler",
+    "is_main_process",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 def is_main_process() -> bool:
@@ -97,3 +115,231 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict and self._key_metric_checkpoint is not None:
             super().load_state_dict(state_dict)
+
+
+class ResumableRandomSampler(torch.utils.data.Sampler[int]):
+    """A new random order of ``data_source`` every epoch, from the sampler's own seeded generator, that resumes in the
+    middle of an epoch.
+
+    ``state_dict()`` holds the generator and the current epoch's order; :class:`TrainingStateHandler` adds
+    ``position`` (the samples the trainer has consumed this epoch), so that after ``load_state_dict`` the next
+    epoch yields the rest of the interrupted order, and the epochs after it the same orders as an uninterrupted run.
+    The order does not depend on the DataLoader's own generator nor on the global random stream.
+
+    Args:
+        data_source: the data set (only its length is used).
+        seed: seed of the order.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        self.num_samples = len(data_source)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.order: list[int] = []
+        self._start: int | None = None  # set by load_state_dict: resume the stored order from here
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        if self._start is None:
+            self.order = torch.randperm(self.num_samples, generator=self.generator).tolist()
+            start = 0
+        else:
+            start, self._start = self._start, None
+        yield from self.order[start:]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.int64)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = [int(i) for i in state["order"]]
+        position = int(state.get("position", 0))
+        # At an epoch boundary the next epoch draws a fresh order, exactly as the uninterrupted run would.
+        self._start = position if 0 < position < len(self.order) else None
+
+
+def _numpy_state(state: tuple) -> dict:
+    """A ``numpy.random.RandomState`` state as weights-only-loadable values."""
+    name, keys, pos, has_gauss, cached = state
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _numpy_tuple(state: Mapping) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+def _randomizable(transform: Any) -> list[Randomizable]:
+    """The random transforms of a (nested) ``Compose``, in order."""
+    leaves = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+    return [t for t in leaves if isinstance(t, Randomizable) and not isinstance(t, Compose)]
+
+
+def rng_state(transform: Any = None) -> dict:
+    """Every random stream a training step draws from: torch (CPU, CUDA), numpy, python, and each random transform
+    of ``transform`` (MONAI transforms own a ``numpy.random.RandomState``)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state(np.random.get_state()),
+        "python": random.getstate(),
+        "transforms": [_numpy_state(t.R.get_state()) for t in _randomizable(transform)] if transform else [],
+    }
+
+
+def set_rng_state(state: Mapping, transform: Any = None) -> None:
+    """Restore what :func:`rng_state` recorded (CUDA streams only on as many devices as were recorded)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(_numpy_tuple(state["numpy"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    transforms = _randomizable(transform) if transform else []
+    if len(transforms) != len(state["transforms"]):
+        raise ValueError(
+            f"the training transform has {len(transforms)} random transforms, the training state "
+            f"{len(state['transforms'])}."
+        )
+    for t, s in zip(transforms, state["transforms"], strict=True):
+        t.R.set_state(_numpy_tuple(s))
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean setting; the command line gives ``--resume true`` as the string ``'true'``."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false"):
+        return text == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def _unwrap(obj: Any) -> Any:
+    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
+
+
+class TrainingStateHandler:
+    """Write the whole training state every ``interval`` iterations, and resume from it.
+
+    The file (``stage_dir/training_state.pt``; one, replaced atomically) holds the trainer's iteration, epoch length
+    and counters, every object of ``objects`` (network, EMA model, optimizer, LR scheduler, sampler, best-metric
+    saver), the random streams (:func:`rng_state`, including the training transform's and the DataLoader
+    generator), and the preset and config. It is written after the iteration's other handlers (EMA update, LR step)
+    and never with NaN or Inf in it. With ``resume``, it is read at ``Events.STARTED`` (``weights_only=True``, preset
+    checked) so that the run continues at the next iteration exactly as the uninterrupted run would have — the
+    same batches, noise, weights and optimizer moments (single process, ``num_workers: 0``; with DataLoader workers
+    the augmentation draws of the resumed epoch differ, under DDP the resumed epoch restarts its order).
+
+    Attach it first among the trainer's handlers, so that the other ``STARTED`` handlers (e.g. validation at
+    start) see the restored state.
+
+    Args:
+        path: the state file.
+        objects: name -> object with ``state_dict()`` / ``load_state_dict()``.
+        interval: iterations between writes; 0 turns writing off.
+        resume: continue from ``path`` (it must exist).
+        transform: the training transform, whose random transforms' streams are saved.
+        preset: this config's preset record (checked on resume) and ``config``: recorded in the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        objects: Mapping[str, Any],
+        interval: int = 0,
+        resume: bool = False,
+        transform: Any = None,
+        preset: Mapping | None = None,
+        config: Mapping | None = None,
+    ) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+            raise ValueError(f"checkpoint_interval must be a non-negative integer (0: off), got {interval!r}.")
+        resume = _flag("resume", resume)
+        reserved = {"trainer", "rng", "dataloader_generator", "preset", "config"} & set(objects)
+        if reserved:
+            raise ValueError(f"objects: names {sorted(reserved)} are reserved for the training state.")
+        stateless = [k for k, v in objects.items() if not (hasattr(v, "state_dict") and hasattr(v, "load_state_dict"))]
+        for name in stateless:  # e.g. a DistributedSampler: its order is a function of the epoch
+            logging.getLogger(__name__).warning(f"objects.{name} has no state_dict(); it is not part of the state.")
+        objects = {k: v for k, v in objects.items() if k not in stateless}
+        self.path, self.objects, self.interval, self.resume = Path(path), objects, interval, resume
+        self.transform, self.preset, self.config = transform, preset, config
+        self._epoch_generator: torch.Tensor | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+
+    def epoch_started(self, engine: Engine) -> None:
+        """Keep the DataLoader generator as it is before this epoch's iterator draws its worker seed from it."""
+        generator = getattr(engine.state.dataloader, "generator", None)
+        self._epoch_generator = None if generator is None else generator.get_state()
+
+    def started(self, engine: Engine) -> None:
+        if is_main_process():
+            for stale in self.path.parent.glob(f".{self.path.name}.*"):  # left by a process killed while writing
+                stale.unlink(missing_ok=True)
+        if self.resume:
+            self.load(engine)
+        elif self.path.exists() and self.interval:
+            engine.logger.warning(f"{self.path} exists and will be replaced; pass --resume true to continue from it.")
+        if self.interval and not engine.has_event_handler(self.save):
+            # Registered now, after the handlers attached at initialisation (EMA), so it saves after them.
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
+
+    def save(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        content = {"trainer": engine.state_dict()}
+        for name, obj in self.objects.items():
+            content[name] = _unwrap(obj).state_dict()
+            if isinstance(obj, ResumableRandomSampler):
+                batch_size = getattr(engine.state.dataloader, "batch_size", None) or 1
+                content[name]["position"] = (engine.state.iteration % engine.state.epoch_length) * batch_size
+        content["rng"] = rng_state(self.transform)
+        generator = getattr(engine.state.dataloader, "generator", None)
+        # Mid-epoch, the resumed run re-creates this epoch's iterator: give it the generator as it was at the start
+        # of the epoch, so that it draws the same worker seed and later epochs stay aligned.
+        mid_epoch = engine.state.iteration % engine.state.epoch_length != 0
+        content["dataloader_generator"] = (
+            None if generator is None else self._epoch_generator if mid_epoch else generator.get_state()
+        )
+        save_checkpoint(self.path, content, self.preset, self.config)
+
+    def load(self, engine: Engine) -> None:
+        """Restore the state written by :meth:`save` into the engine and the objects."""
+        state = load_checkpoint(self.path)  # FileNotFoundError / ValueError naming the file
+        if self.preset is not None:
+            check_preset(state.get("preset"), self.preset, self.path)
+        missing = [k for k in ("trainer", "rng", *self.objects) if k not in state]
+        if missing:
+            raise ValueError(f"resume: {self.path} is not a training state of this workflow (no {missing}).")
+        length = state["trainer"].get("epoch_length")
+        if length != engine.state.epoch_length:
+            raise ValueError(
+                f"resume: {self.path} was written with {length} iterations per epoch, this run has "
+                f"{engine.state.epoch_length}; the data set or batch_size changed."
+            )
+        max_epochs = engine.state.max_epochs
+        if state["trainer"]["iteration"] > max_epochs * length:
+            raise ValueError(
+                f"resume: {self.path} is at iteration {state['trainer']['iteration']}, beyond max_epochs "
+                f"{max_epochs} ({max_epochs * length} iterations); raise max_epochs to train on."
+            )
+        engine.load_state_dict(state["trainer"])
+        engine.state.max_epochs = max_epochs  # this run's setting: resuming may extend the training
+        for name, obj in self.objects.items():
+            _unwrap(obj).load_state_dict(state[name])
+        set_rng_state(state["rng"], self.transform)
+        generator = getattr(engine.state.dataloader, "generator", None)
+        if generator is not None and state.get("dataloader_generator") is not None:
+            generator.set_state(state["dataloader_generator"])
+        engine.logger.info(
+            f"resumed from {self.path} at iteration {engine.state.iteration} (epoch {engine.state.epoch}, "
+            f"{getattr(engine.state, 'skipped_steps', 0)} non-finite steps skipped so far)."
+        )
