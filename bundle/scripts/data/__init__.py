@@ -8,6 +8,7 @@ from .radiograph import (
     RADIOGRAPH_MODALITIES,
     LoadRadiographsd,
     Radiograph,
+    is_radiograph_file,
     radiograph_to_network,
     read_radiograph,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ValidateCTd",
     "LoadRadiographsd",
     "find_ct_sources",
+    "is_radiograph_file",
     "load_ct",
     "prepare_dataset",
     "radiograph_to_network",

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_LINE_INTEGRAL_RANGES",
     "RADIOGRAPH_MODALITIES",
     "LoadRadiographsd",
+    "is_radiograph_file",
     "Radiograph",
     "read_radiograph",
     "radiograph_to_network",
@@ -92,6 +93,32 @@ def _read_dicom(path: Path) -> Radiograph:
         (float(pitch[0]), float(pitch[1])) if pitch is not None else None,
         float(magnification) if magnification is not None else None,
     )
+
+
+def is_radiograph_file(path: str | os.PathLike) -> bool:
+    """True for a file that holds a projection radiograph rather than a CT: a PNG/JPEG/TIFF/BMP image, a DICOM
+    object of a radiograph modality (:data:`RADIOGRAPH_MODALITIES`) or a NIfTI image with one slice at most.
+
+    Folders (DICOM series), other DICOM modalities and 3D volumes are not; a missing file is not either (the CT
+    reader then names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".gz") else path.suffix.lower()
+    if suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        return True
+    if suffix in (".nii", ".nii.gz"):
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception:  # unreadable: let the CT reader report it with its own message
+            return False
+        return len(shape) == 2 or (len(shape) >= 3 and shape[2] == 1)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # not DICOM
+        return False
+    return str(getattr(ds, "Modality", "")) in RADIOGRAPH_MODALITIES
 
 
 def read_radiograph(path: str | os.PathLike) -> Radiograph:

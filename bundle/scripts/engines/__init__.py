@@ -1,8 +1,11 @@
 """Engines: diffusion objectives over MONAI schedulers, the DRR consistency loss, the cascade trainer."""
 
+from .evaluation import CTEvaluation, drr_consistency, volume_metrics, x2ct_metrics
+from .inference import CTInferenceWorkflow, CTOutputd, XrayInputsd, ct_scale_to_hu, ensure_cases, load_cases
 from .losses import DRRConsistencyLoss
-from .objective import PREDICTION_TYPES, DiffusionObjective
-from .sampler import CascadeSampler
+from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
+from .preview import orthogonal_slices, save_preview
+from .sampler import CascadeSampler, CTInferer, RegressionInferer, views_and_mask
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
 from .workflow import (
     DRRPreviewHandler,
@@ -15,6 +18,22 @@ from .workflow import (
 )
 
 __all__ = [
+    "CTEvaluation",
+    "CTInferenceWorkflow",
+    "CTInferer",
+    "CTOutputd",
+    "RegressionInferer",
+    "RegressionObjective",
+    "XrayInputsd",
+    "ct_scale_to_hu",
+    "drr_consistency",
+    "ensure_cases",
+    "load_cases",
+    "orthogonal_slices",
+    "save_preview",
+    "views_and_mask",
+    "volume_metrics",
+    "x2ct_metrics",
     "CascadeDiffusionTrainer",
     "CascadeSampler",
     "DRRConsistencyLoss",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
-__all__ = ["PREDICTION_TYPES", "DiffusionObjective"]
+__all__ = ["PREDICTION_TYPES", "DiffusionObjective", "RegressionObjective"]
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "rectified_flow")
 
@@ -76,3 +76,31 @@ class DiffusionObjective:
         if self.prediction_type == "v_prediction":
             return sqrt_abar * x_t - sqrt_one_minus * prediction
         return (x_t - sqrt_one_minus * prediction) / sqrt_abar
+
+
+class RegressionObjective:
+    """The objective of the deterministic baselines (``networks.LiftedRegressor``) in the same trainer.
+
+    No noise: every timestep is 0, the network input ``x_t`` is zeros (the regressor ignores it), the target and the
+    estimate ``x̂0`` are the clean volume and the prediction themselves; the DRR consistency loss (gated by
+    ``t / T``) therefore applies at every step.
+    """
+
+    prediction_type = "regression"
+    num_train_timesteps = 1
+
+    def sample_timesteps(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B,)`` zeros."""
+        return torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+
+    def corrupt(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Zeros shaped like ``x0``: the regression sees only the X-rays."""
+        return torch.zeros_like(x0)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean volume."""
+        return x0
+
+    def predict_x0(self, x_t: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The prediction is the estimate."""
+        return prediction

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import Inferer
+from tqdm import tqdm
 
 from ..networks import XrayToCTCascade
 
-__all__ = ["CascadeSampler"]
+__all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "views_and_mask"]
 
 
 class CascadeSampler(Inferer):
@@ -29,6 +30,8 @@ class CascadeSampler(Inferer):
         clip: clamp each stage's final sample to [−1, 1].
         seed: seed of a private generator used when a call passes none, so that sampling (e.g. validation during
             training) is reproducible and never draws from, or shifts, the global random stream.
+        amp: run the network under bf16 autocast on CUDA (the scheduler arithmetic stays float32).
+        progress: show a tqdm bar over each stage's steps.
     """
 
     def __init__(
@@ -38,6 +41,8 @@ class CascadeSampler(Inferer):
         stages: Sequence[int] | None = None,
         clip: bool = True,
         seed: int | None = 0,
+        amp: bool = False,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         self.scheduler_factory = scheduler_factory
@@ -45,6 +50,7 @@ class CascadeSampler(Inferer):
         self.stages = None if stages is None else [int(s) for s in stages]
         self.clip = clip
         self.seed = seed
+        self.amp, self.progress = bool(amp), bool(progress)
 
     def _steps(self, stage: int) -> int:
         steps = self.num_inference_steps
@@ -78,9 +84,12 @@ class CascadeSampler(Inferer):
             extra = [{} for _ in timesteps]
         if "generator" in params:  # stochastic samplers (DDPM) draw their noise from the same generator
             extra = [dict(e, generator=generator) for e in extra]
-        for t, kwargs in zip(timesteps, extra, strict=True):
+        autocast = bool(self.amp and torch.device(device).type == "cuda")
+        steps = tqdm(timesteps, desc=f"stage {stage}", leave=False, disable=not self.progress)
+        for t, kwargs in zip(steps, extra, strict=True):
             t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
-            out = network(x, t_batch, stage=stage, previous=previous, encoding=encoding)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                out = network(x, t_batch, stage=stage, previous=previous, encoding=encoding)
             x = scheduler.step(out.float(), t, x, **kwargs)[0]
         return x.clamp(-1.0, 1.0) if self.clip else x
 
@@ -107,3 +116,79 @@ class CascadeSampler(Inferer):
         for stage in stages:
             sample = self.sample_stage(net, encoding, stage, sample, inputs.shape[0], generator)
         return sample
+
+
+class RegressionInferer(Inferer):
+    """One forward pass of a deterministic regressor (``networks.LiftedRegressor``), clamped to the CT scale.
+
+    Same call as :class:`CascadeSampler` (``generator`` and ``previous`` are accepted and unused), so the training
+    workflow validates the baselines and :class:`CTInferer` runs them without a branch.
+    """
+
+    def __init__(self, clip: bool = True) -> None:
+        super().__init__()
+        self.clip = clip
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        view_mask: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``inputs (B, V, H, W)`` -> ``(B, 1, X, Y, Z)`` on the CT scale."""
+        out = network(None, None, inputs, view_mask=view_mask).float()
+        return out.clamp(-1.0, 1.0) if self.clip else out
+
+
+def views_and_mask(inputs: torch.Tensor, view_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views with missing ones filled as an unexposed detector (−1, as in training) and the ``(B, V)`` mask.
+
+    Without an explicit mask a view is missing when its pixels are not finite: MONAI Label hands the inferer one
+    tensor, so the preprocessing marks an absent view with NaN (``XrayInputsd``). Real pixels were checked finite
+    when read.
+    """
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs must be X-ray views (B, V, H, W), got shape {tuple(inputs.shape)}.")
+    finite = torch.isfinite(inputs).flatten(2).all(-1)  # (B, V)
+    mask = finite if view_mask is None else view_mask.to(device=inputs.device, dtype=torch.bool)
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("inputs: every case needs at least one view with finite pixels.")
+    return torch.where(torch.isfinite(inputs), inputs, torch.full_like(inputs, -1.0)), mask
+
+
+class CTInferer(Inferer):
+    """X-rays -> CT with an uncertainty: ``num_samples`` draws of a sampler, their mean and per-voxel std.
+
+    ``inferer(inputs, network)`` is what MONAI Label's ``BundleInferTask`` calls. The result is
+    ``(B, 2, X, Y, Z)`` on the CT scale: channel 0 the mean, channel 1 the population standard deviation over the
+    samples (exactly 0 for one sample); ``postprocessing`` maps both to HU.
+
+    Args:
+        sampler: :class:`CascadeSampler` (diffusion) or :class:`RegressionInferer` (deterministic baselines).
+        num_samples: independent draws per case (each from its own noise).
+        seed: seed of the draws (the same seed and inputs give the same CT).
+    """
+
+    def __init__(self, sampler: Inferer, num_samples: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        self.sampler, self.num_samples, self.seed = sampler, num_samples, int(seed)
+
+    @torch.no_grad()
+    def __call__(
+        self, inputs: torch.Tensor, network: torch.nn.Module, view_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        views, mask = views_and_mask(inputs.float(), view_mask)  # (B, V, H, W), (B, V)
+        generator = torch.Generator().manual_seed(self.seed)
+        total = total_sq = None
+        for _ in range(self.num_samples):  # running sums: memory stays at two volumes for any num_samples
+            sample = self.sampler(views, network, view_mask=mask, generator=generator).double()  # (B, 1, X, Y, Z)
+            total = sample if total is None else total + sample
+            total_sq = sample**2 if total_sq is None else total_sq + sample**2
+        mean = total / self.num_samples
+        var = (total_sq / self.num_samples - mean**2).clamp_min(0.0) if self.num_samples > 1 else torch.zeros_like(mean)
+        return torch.cat([mean, var.sqrt()], dim=1).float()  # (B, 2, X, Y, Z)

@@ -1,5 +1,6 @@
 """Networks: shared X-ray encoder, geometry-consistent depth lifting, HybridViT3D denoiser, cascade."""
 
+from .baselines import LiftedRegressor
 from .blocks import ATTENTION_MODES, DiTBlock, TimestepEmbedder
 from .cascade import STAGE_KEYS, XrayToCTCascade
 from .denoiser import HybridViT3D
@@ -11,6 +12,7 @@ __all__ = [
     "DepthLifting",
     "DiTBlock",
     "HybridViT3D",
+    "LiftedRegressor",
     "ResolutionDepthPriors",
     "STAGE_KEYS",
     "TimestepEmbedder",

@@ -1,0 +1,178 @@
+"""Evaluation: generated CT vs the CT that produced the input views, for the model, baselines and a constant.
+
+Metric definitions (also in ``metrics.json`` under ``definitions``):
+
+* On the generated grid, both volumes clipped to the fixed HU window ``[lo, hi]`` (default −1000..2000):
+  ``psnr`` = 20·log10((hi − lo) / RMSE) in dB over the whole volume (3D); ``ssim`` = 3D SSIM (MONAI
+  ``SSIMMetric``, Gaussian window ``ssim_window`` voxels, σ 1.5, data range hi − lo); ``mae_hu`` = mean |error| in HU.
+* ``drr_error``: mean |DRR(generated CT) − input view| over the present views on the X-ray network scale
+  (``2·p/p_max − 1``): the physics consistency the DRR loss trains for.
+* The literature's biplanar protocol (X2CT-GAN, Ying et al. 2019): both volumes resampled to 128³ over the
+  320 mm field of view (2.5 mm), CT values HU + 1024 clipped to [0, 2500]; ``x2ct_psnr`` = 3D PSNR with peak 2500;
+  ``x2ct_ssim`` = mean over the three axes of the mean 2D SSIM of all slices (uniform 7×7 window, data range 2500).
+  Implementation differences (window shape at borders, covariance normalisation) can move SSIM by ~0.01.
+* ``best_constant``: the per-case constant volume with the smallest squared error (the target's mean in the
+  window) — the floor any generator has to clear.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import SSIMMetric
+
+from ..utils import atomic_write
+
+__all__ = ["CTEvaluation", "drr_consistency", "volume_metrics", "x2ct_metrics"]
+
+METRICS = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim")
+
+
+def _as_volume(x) -> torch.Tensor:
+    x = torch.as_tensor(x).double()
+    x = x[0] if x.dim() == 4 else x
+    if x.dim() != 3:
+        raise ValueError(f"expected a 3D (X, Y, Z) volume, got shape {tuple(x.shape)}.")
+    return x
+
+
+def volume_metrics(pred_hu, target_hu, hu_window: Sequence[float], ssim_window: int = 7) -> dict[str, float]:
+    """PSNR (dB), 3D SSIM and MAE (HU) of two ``(X, Y, Z)`` HU volumes inside the HU window (module docstring)."""
+    low, high = float(hu_window[0]), float(hu_window[1])
+    pred, target = _as_volume(pred_hu).clamp(low, high), _as_volume(target_hu).clamp(low, high)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}.")
+    rmse = float(((pred - target) ** 2).mean().sqrt())
+    psnr = math.inf if rmse == 0 else 20.0 * math.log10((high - low) / rmse)
+    ssim = SSIMMetric(spatial_dims=3, data_range=high - low, win_size=ssim_window)(pred[None, None], target[None, None])
+    return {"psnr": psnr, "ssim": float(ssim.mean()), "mae_hu": float((pred - target).abs().mean())}
+
+
+def x2ct_metrics(pred_hu, target_hu, size: int = 128) -> dict[str, float]:
+    """The biplanar protocol's PSNR and slice-wise SSIM (module docstring) of two HU volumes over the same FOV."""
+
+    def prepare(x) -> torch.Tensor:
+        x = _as_volume(x)[None, None]
+        if tuple(x.shape[2:]) != (size,) * 3:
+            x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
+        return (x[0, 0] + 1024.0).clamp(0.0, 2500.0)
+
+    pred, target = prepare(pred_hu), prepare(target_hu)
+    rmse = float(((pred - target) ** 2).mean().sqrt())
+    psnr = math.inf if rmse == 0 else 20.0 * math.log10(2500.0 / rmse)
+    metric = SSIMMetric(spatial_dims=2, data_range=2500.0, kernel_type="uniform", win_size=7)
+    per_axis = []
+    for axis in range(3):
+        p = pred.movedim(axis, 0)[:, None]  # (N, 1, H, W): every slice along this axis
+        t = target.movedim(axis, 0)[:, None]
+        per_axis.append(float(metric(p, t).mean()))
+    return {"x2ct_psnr": psnr, "x2ct_ssim": float(np.mean(per_axis))}
+
+
+def drr_consistency(composer, hu, views: torch.Tensor, view_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """DRRs ``(V, H, W)`` of an HU MetaTensor ``(1, X, Y, Z)`` (spacing from its affine) and the mean |DRR − view| per
+    present view, keyed by view name (X-ray network scale)."""
+    affine = np.asarray(hu.affine, dtype=np.float64)
+    spacing = [float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0))]
+    with torch.no_grad():
+        drrs = composer(torch.as_tensor(hu).float().reshape(1, 1, *hu.shape[-3:]).cpu(), spacing)[0]  # (V, H, W)
+    names = [str(v) for v in composer.renderer.geometry.views]
+    errors = {names[v]: float((drrs[v] - views[v]).abs().mean()) for v in range(len(names)) if bool(view_mask[v])}
+    return drrs, errors
+
+
+class CTEvaluation:
+    """The per-case hook of :class:`~scripts.engines.inference.CTInferenceWorkflow` in ``configs/evaluate.yaml``.
+
+    For every case with a CT input it scores the model's CT, each baseline's and the best constant volume against
+    the preprocessed input CT, and ``finish`` writes ``metrics.json`` (per case and mean per method).
+
+    Args:
+        composer: the DRR renderer of the consistency metric; hu_window: the metrics' HU window.
+        baselines: name -> ``{"network", "inferer", "ckpt_path", "preset"}``; each runs on the same views.
+        ssim_window: 3D SSIM window (voxels); protocol_size: grid of the biplanar protocol metrics.
+    """
+
+    def __init__(
+        self,
+        composer,
+        hu_window: Sequence[float],
+        baselines: Mapping[str, Mapping] | None = None,
+        ssim_window: int = 7,
+        protocol_size: int = 128,
+    ) -> None:
+        self.composer, self.hu_window = composer, tuple(map(float, hu_window))
+        self.baselines = dict(baselines or {})
+        for name, spec in self.baselines.items():
+            missing = [k for k in ("network", "inferer", "ckpt_path") if k not in spec]
+            if missing:
+                raise ValueError(f"baselines.{name}: missing {missing}.")
+        self.ssim_window, self.protocol_size = int(ssim_window), int(protocol_size)
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self._loaded: set[str] = set()
+
+    def _score(self, hu, target, views, mask) -> dict[str, float]:
+        scores = volume_metrics(hu, target, self.hu_window, self.ssim_window)
+        scores.update(x2ct_metrics(hu, target, self.protocol_size))
+        _, errors = drr_consistency(self.composer, hu, views, mask)
+        scores["drr_error"] = float(np.mean(list(errors.values())))
+        return scores
+
+    def _baseline(self, name: str, spec: Mapping, views: torch.Tensor, mask: torch.Tensor, device, like):
+        from ..checkpoint import load_network_weights
+        from .inference import ct_scale_to_hu
+
+        network = spec["network"]
+        if name not in self._loaded:
+            load_network_weights(network, spec["ckpt_path"], spec.get("preset"), keys=("model", "ema", "network"))
+            network.to(device).eval()
+            self._loaded.add(name)
+        out = spec["inferer"](views[None].to(device), network, view_mask=mask[None].to(device))[0, :1].cpu()
+        if tuple(out.shape[1:]) != tuple(like.shape[1:]):
+            out = F.interpolate(out[None], size=tuple(like.shape[1:]), mode="trilinear", align_corners=False)[0]
+        return like.clone().copy_(ct_scale_to_hu(out, self.hu_window))  # keeps the model output's affine
+
+    def __call__(self, name: str, data: Mapping, hu, device) -> dict[str, dict[str, float]]:
+        if "ct" not in data:
+            raise ValueError("evaluation needs a CT input ('image') to compare with; this case has only radiographs.")
+        target = torch.as_tensor(data["ct"]).float()
+        if tuple(target.shape[1:]) != tuple(hu.shape[1:]):
+            target = F.interpolate(target[None], size=tuple(hu.shape[1:]), mode="area")[0]
+        views = torch.nan_to_num(torch.as_tensor(data["image"]).float(), nan=-1.0)
+        mask = torch.as_tensor(data["image_mask"]).bool()
+        low, high = self.hu_window
+        constant = hu.clone().fill_(float(target.clamp(low, high).mean()))
+        methods = {"model": hu, "best_constant": constant}
+        for baseline, spec in self.baselines.items():
+            methods[baseline] = self._baseline(baseline, spec, views, mask, device, hu)
+        scores = {method: self._score(volume, target, views, mask) for method, volume in methods.items()}
+        self.results[name] = scores
+        return scores
+
+    def finish(self, report: Mapping, output_dir: str | os.PathLike, overwrite: bool = False) -> str:
+        """Write ``output_dir/metrics.json`` (per case, mean per method, failures, definitions); returns its path."""
+        methods = sorted({m for case in self.results.values() for m in case}, key=lambda m: (m != "model", m))
+        mean = {
+            m: {k: float(np.mean([c[m][k] for c in self.results.values() if m in c])) for k in METRICS} for m in methods
+        }
+        content = {
+            "cases": len(self.results),
+            "mean": mean,
+            "per_case": self.results,
+            "failed": list(report.get("failed", [])),
+            "hu_window": list(self.hu_window),
+            "definitions": __doc__.split("Metric definitions (also in ``metrics.json`` under ``definitions``):")[1]
+            .strip()
+            .replace("\n  ", " "),
+        }
+        path = Path(output_dir) / "metrics.json"
+        text = json.dumps(content, indent=2)
+        atomic_write(path, lambda p: Path(p).write_text(text), overwrite=True)
+        return str(path)

@@ -1,0 +1,116 @@
+"""Deterministic regression baselines from the same inputs as the cascade, for the evaluation's comparison table.
+
+``LiftedRegressor`` = the cascade's X-ray encoder + geometry-consistent depth lifting onto the output grid, then a
+decoder that regresses the CT directly (no diffusion):
+
+* ``decoder="unet"``: a 3D U-Net (MONAI ``BasicUNet``) on the lifted features — the X2CT-style baseline (2D encoder,
+  features carried into 3D, 3D decoder), with the lifting along the real rays instead of X2CT's plain repetition;
+* ``decoder="linear"``: a per-voxel linear read-out (1×1×1 convolution) — "the lifted prior alone": what the
+  back-projected features say about the CT before any 3D network reasons about them.
+
+The module exposes the small interface the training workflow uses (``encoder``, ``stages``, ``num_stages``,
+``grid_size``, ``stage_configs``, ``encode``, and ``forward(x_t, t, xray, stage, previous, view_mask)``), so it is
+trained by ``configs/train.yaml`` unchanged apart from the network, the objective (``RegressionObjective``) and the
+validation inferer (``RegressionInferer``); see ``configs/stages/baseline_*.yaml``. ``x_t`` and ``t`` are accepted
+and ignored: the regression has no noisy input.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+from ..physics import ProjectionGeometry
+from .encoder import XrayEncoder, XrayEncoding
+from .lifting import DepthLifting
+
+__all__ = ["LiftedRegressor"]
+
+DECODERS = ("unet", "linear")
+
+
+class LiftedRegressor(nn.Module):
+    """X-rays -> CT (CT scale, [−1, 1]) in one forward pass.
+
+    Args:
+        geometry: the projection geometry (the renderer's).
+        fov_mm: field of view of the output grid (mm, cubic).
+        grid_size: output grid (voxels per edge, cubic).
+        encoder: XrayEncoder keyword arguments (views and image size come from the geometry).
+        decoder: ``"unet"`` or ``"linear"`` (see the module docstring).
+        lift_channels: channels of the lifted volume.
+        unet_features: ``BasicUNet`` features (six numbers) for ``decoder="unet"``.
+    """
+
+    def __init__(
+        self,
+        geometry: ProjectionGeometry,
+        fov_mm: float,
+        grid_size: int,
+        encoder: Mapping | None = None,
+        decoder: Literal["unet", "linear"] = "unet",
+        lift_channels: int = 16,
+        unet_features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+    ) -> None:
+        super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
+        if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral) or grid_size < 8:
+            raise ValueError(f"grid_size must be an integer of at least 8 voxels, got {grid_size!r}.")
+        if not isinstance(fov_mm, numbers.Real) or not fov_mm > 0:
+            raise ValueError(f"fov_mm must be a positive length in mm, got {fov_mm!r}.")
+        encoder_kwargs = dict(encoder or {})
+        self.encoder = XrayEncoder(num_views=geometry.num_views, image_size=geometry.detector_shape, **encoder_kwargs)
+        grid = (int(grid_size),) * 3
+        self.stage_configs = [{"grid_size": grid, "fov_mm": (float(fov_mm),) * 3}]
+        lifting = DepthLifting(
+            geometry,
+            grid,
+            float(fov_mm),
+            self.encoder.feature_channels,
+            int(lift_channels),
+            feature_stride=self.encoder.feature_stride,
+        )
+        if decoder == "unet":
+            head = BasicUNet(spatial_dims=3, in_channels=int(lift_channels), out_channels=1, features=unet_features)
+        else:
+            head = nn.Conv3d(int(lift_channels), 1, kernel_size=1)
+        self.decoder = decoder
+        self.stages = nn.ModuleList([nn.ModuleDict({"lifting": lifting, "decoder": head})])
+
+    @property
+    def num_stages(self) -> int:
+        return 1
+
+    def grid_size(self, stage: int = 0) -> tuple[int, int, int]:
+        return self.stage_configs[0]["grid_size"]
+
+    def encode(self, xray: torch.Tensor, view_mask: torch.Tensor | None = None) -> XrayEncoding:
+        """``xray (B, V, H, W)`` network-scale views -> the encoding."""
+        return self.encoder(xray, view_mask)
+
+    def forward(
+        self,
+        x_t: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        xray: torch.Tensor | None = None,
+        stage: int = 0,
+        previous: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        encoding: XrayEncoding | None = None,
+    ) -> torch.Tensor:
+        """``(B, 1, X, Y, Z)`` CT estimate on the CT scale; ``x_t``, ``t`` and ``previous`` are ignored."""
+        if stage != 0:
+            raise ValueError(f"stage must be 0 for a single-stage regressor, got {stage}.")
+        if encoding is None:
+            if xray is None:
+                raise ValueError("xray or encoding must be given.")
+            encoding = self.encode(xray, view_mask)
+        modules = self.stages[0]
+        lifted = modules["lifting"](encoding, None)  # (B, C_l, X, Y, Z)
+        return modules["decoder"](lifted)  # (B, 1, X, Y, Z)
