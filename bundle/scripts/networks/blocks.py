@@ -63,7 +63,9 @@ class Attention(nn.Module):
         b, n, d = x.shape
         context = x if context is None else context
         q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, T, d/h)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, h, S, d/h)
+        k, v = (
+            self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        )  # (B, h, S, d/h)
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, S) True = attend
         if attn_mask is not None:
             mask = attn_mask if mask is None else mask & attn_mask
@@ -71,22 +73,22 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, T, D)
 
 
-def _window_partition(x: torch.Tensor, grid: Sequence[int], window: Sequence[int]) -> torch.Tensor:
+def _window_partition(x: torch.Tensor, grid: list[int], window: list[int]) -> torch.Tensor:
     """Tokens ``(B, gx·gy·gz, D)`` -> windows ``(B·nW, wx·wy·wz, D)``."""
-    b, _, d = x.shape
+    b, d = x.shape[0], x.shape[2]
     (gx, gy, gz), (wx, wy, wz) = grid, window
     x = x.view(b, gx // wx, wx, gy // wy, wy, gz // wz, wz, d)
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, wx * wy * wz, d)
 
 
-def _window_merge(x: torch.Tensor, batch: int, grid: Sequence[int], window: Sequence[int]) -> torch.Tensor:
+def _window_merge(x: torch.Tensor, batch: int, grid: list[int], window: list[int]) -> torch.Tensor:
     """Inverse of :func:`_window_partition`."""
     (gx, gy, gz), (wx, wy, wz) = grid, window
     x = x.view(batch, gx // wx, gy // wy, gz // wz, wx, wy, wz, -1)
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, gx * gy * gz, -1)
 
 
-def _window_regions(grid: Sequence[int], window: Sequence[int], offsets: Sequence[int]) -> torch.Tensor:
+def _window_regions(grid: list[int], window: list[int], offsets: list[int]) -> torch.Tensor:
     """Region label of every token of the rolled, padded grid, partitioned into windows: ``(nW, wx·wy·wz)``.
 
     Rolling by ``-offset`` brings the last ``offset`` tokens of an axis next to its first ones, and padding adds
@@ -95,14 +97,13 @@ def _window_regions(grid: Sequence[int], window: Sequence[int], offsets: Sequenc
     1 = wrapped around, 2 = padding.
     """
     labels = []
-    for g, w, o in zip(grid, window, offsets, strict=True):
-        padded = g + (-g) % w
-        pos = torch.arange(padded)
+    for i in range(3):  # per axis (index loop: TorchScript has no zip over fixed-length lists)
+        g, w, o = grid[i], window[i], offsets[i]
+        pos = torch.arange(g + (w - g % w) % w)  # the padded axis
         labels.append(torch.where(pos >= g, 2, torch.where(pos >= g - o, 1, 0)))
-    lx, ly, lz = torch.meshgrid(*labels, indexing="ij")
+    lx, ly, lz = torch.meshgrid(labels, indexing="ij")
     label = (lx * 9 + ly * 3 + lz).float()  # (Gx, Gy, Gz)
-    padded = label.shape
-    return _window_partition(label.reshape(1, -1, 1), padded, window)[..., 0]  # (nW, w³)
+    return _window_partition(label.reshape(1, -1, 1), list(label.shape), window)[..., 0]  # (nW, w³)
 
 
 class DiTBlock(nn.Module):
@@ -132,29 +133,30 @@ class DiTBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
-        self.window = None if window is None else tuple(int(w) for w in window)
+        self.window = None if window is None else [int(w) for w in window]
         self.shift = shift
 
-    def _self_attention(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    def _self_attention(self, x: torch.Tensor, grid: list[int]) -> torch.Tensor:
         if self.window is None:
             return self.attn(x)
-        b, _, d = x.shape
+        b, d = x.shape[0], x.shape[2]
         offsets = [w // 2 for w in self.window] if self.shift else [0, 0, 0]
-        vol = x.view(b, *grid, d)  # (B, gx, gy, gz, D)
+        vol = x.view(b, grid[0], grid[1], grid[2], d)  # (B, gx, gy, gz, D)
         if any(offsets):
             vol = torch.roll(vol, shifts=[-o for o in offsets], dims=(1, 2, 3))
         # A token grid that the window does not divide (e.g. 151 tokens along z) is padded; pad tokens are masked,
         # and so are pairs that the roll made neighbours across opposite faces (Swin's shifted-window mask).
-        pad = [(-g) % w for g, w in zip(grid, self.window, strict=True)]
+        pad = [(self.window[i] - grid[i] % self.window[i]) % self.window[i] for i in range(3)]
         if any(pad):
             vol = F.pad(vol, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
-        padded = vol.shape[1:4]
-        mask = None
+        padded = list(vol.shape[1:4])
+        mask: torch.Tensor | None = None
         if any(offsets) or any(pad):
             regions = _window_regions(grid, self.window, offsets).to(x.device)  # (nW, w³)
             mask = (regions[:, :, None] == regions[:, None, :]).repeat(b, 1, 1)[:, None]  # (B·nW, 1, w³, w³)
         windows = _window_partition(vol.reshape(b, -1, d), padded, self.window)  # (B·nW, w³, D)
-        out = _window_merge(self.attn(windows, attn_mask=mask), b, padded, self.window).view(b, *padded, d)
+        out = _window_merge(self.attn(windows, attn_mask=mask), b, padded, self.window)
+        out = out.view(b, padded[0], padded[1], padded[2], d)
         out = out[:, : grid[0], : grid[1], : grid[2]]
         if any(offsets):
             out = torch.roll(out, shifts=offsets, dims=(1, 2, 3))
@@ -166,7 +168,7 @@ class DiTBlock(nn.Module):
         c: torch.Tensor,
         context: torch.Tensor,
         context_mask: torch.Tensor | None,
-        grid: Sequence[int],
+        grid: list[int],
     ) -> torch.Tensor:
         (shift_msa, scale_msa, gate_msa, shift_mca, scale_mca, gate_mca, shift_mlp, scale_mlp, gate_mlp) = (
             self.adaLN_modulation(c).chunk(9, dim=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -97,6 +99,16 @@ def resample_previous(
     return F.grid_sample(previous, grid.to(previous.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _keep_cascade_entries(module, state_dict, prefix, *args, cascade_prefix: str) -> None:
+    """``load_state_dict`` pre-hook: a cascade state dict keeps its ``cascade_prefix`` entries, renamed."""
+    if prefix or not any(key.startswith(cascade_prefix) for key in state_dict):
+        return  # loaded inside another module, or already the module's own keys
+    for key in list(state_dict):
+        value = state_dict.pop(key)
+        if key.startswith(cascade_prefix):
+            state_dict[key[len(cascade_prefix) :]] = value
+
+
 class XrayToCTCascade(nn.Module):
     """X-rays -> CT, coarse to fine. This module is ``network_def`` in ``configs/inference.yaml``.
 
@@ -175,6 +187,22 @@ class XrayToCTCascade(nn.Module):
 
     def grid_size(self, stage: int) -> tuple[int, int, int]:
         return self.stages[stage]["denoiser"].grid_size
+
+    def standalone_denoiser(self, stage: int) -> HybridViT3D:
+        """A copy of stage ``stage``'s denoiser that loads its weights from a state dict of the whole cascade.
+
+        For TorchScript export with ``python -m monai.bundle ckpt_export``, which loads the checkpoint (e.g.
+        ``models/model.pt``, key ``network``) strictly into the module it exports: the copy's ``load_state_dict``
+        keeps the ``stages.<stage>.denoiser.*`` entries of a cascade state dict (renamed) and drops the rest; its own
+        state dicts load as usual. The denoiser scripts (``torch.jit.script``); the encoder and the depth lifting
+        that produce its inputs stay in Python (``stage<s>_denoiser_data_format`` in ``configs/metadata.json``).
+        """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        denoiser = copy.deepcopy(self.stages[stage]["denoiser"])
+        hook = functools.partial(_keep_cascade_entries, cascade_prefix=f"stages.{stage}.denoiser.")
+        denoiser.register_load_state_dict_pre_hook(hook)
+        return denoiser
 
     def encode(self, xray: torch.Tensor, view_mask: torch.Tensor | None = None) -> XrayEncoding:
         """``xray (B, V, H, W)`` network-scale views -> the shared encoding."""

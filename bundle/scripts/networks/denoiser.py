@@ -113,13 +113,13 @@ class HybridViT3D(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def _position_embedding(self, tokens: Sequence[int]) -> torch.Tensor:
+    def _position_embedding(self, tokens: list[int]) -> torch.Tensor:
         pos = self.pos_embed
-        if tuple(tokens) != tuple(pos.shape[2:]):
-            pos = F.interpolate(pos, size=tuple(tokens), mode="trilinear", align_corners=False)
+        if list(tokens) != list(pos.shape[2:]):
+            pos = F.interpolate(pos, size=list(tokens), mode="trilinear", align_corners=False)
         return pos.flatten(2).transpose(1, 2)  # (1, T, D)
 
-    def unpatchify(self, x: torch.Tensor, tokens: Sequence[int]) -> torch.Tensor:
+    def unpatchify(self, x: torch.Tensor, tokens: list[int]) -> torch.Tensor:
         """``(B, T, p³·C)`` -> ``(B, C, X, Y, Z)``."""
         b = x.shape[0]
         (gx, gy, gz), (px, py, pz) = tokens, self.patch_size
@@ -135,17 +135,28 @@ class HybridViT3D(nn.Module):
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args: ``x (B, C_in, X, Y, Z)``, ``t (B,)`` timesteps, ``context (B, S, C_ctx)`` X-ray tokens,
-        ``global_embedding (B, C_g)``, ``context_mask (B, S)`` bool. Returns ``(B, C_out, X, Y, Z)``."""
-        if x.shape[1] != self.in_channels or any(s % p for s, p in zip(x.shape[2:], self.patch_size, strict=True)):
+        ``global_embedding (B, C_g)``, ``context_mask (B, S)`` bool. Returns ``(B, C_out, X, Y, Z)``.
+
+        TorchScript-compatible (``torch.jit.script``; see ``tests/test_ecosystem.py``): explicit per-axis arithmetic
+        instead of ``zip`` over the shape, and no gradient checkpointing when scripted.
+        """
+        px, py, pz = self.patch_size
+        divisible = x.dim() == 5 and x.shape[2] % px == 0 and x.shape[3] % py == 0 and x.shape[4] % pz == 0
+        if not divisible or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x must be (B, {self.in_channels}, X, Y, Z) with X, Y, Z divisible by {self.patch_size}, "
-                f"got {tuple(x.shape)}."
+                f"got {list(x.shape)}."
             )
-        tokens = tuple(s // p for s, p in zip(x.shape[2:], self.patch_size, strict=True))
+        tokens = [x.shape[2] // px, x.shape[3] // py, x.shape[4] // pz]  # token grid (gx, gy, gz)
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self._position_embedding(tokens)  # (B, T, D)
         c = self.t_embedder(t) + self.global_proj(global_embedding)  # (B, D)
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if (
+                not torch.jit.is_scripting()
+                and self.gradient_checkpointing
+                and self.training
+                and torch.is_grad_enabled()
+            ):
                 h = checkpoint(block, h, c, context, context_mask, tokens, use_reentrant=False)
             else:
                 h = block(h, c, context, context_mask, tokens)
