@@ -395,7 +395,8 @@ def test_resume_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError) as info:
         _state_run(path, [0, 1, 2], max_epochs=3, resume=True)
     assert str(info.value) == (
-        f"resume: {path} was written with 2 iterations per epoch, this run has 3; the data set or batch_size changed."
+        f"resume: {path} was written with 2 iterations per epoch, this run has 3; the data set, batch_size or "
+        "number of processes changed."
     )
     with pytest.raises(ValueError) as info:
         _state_run(path, [0, 1], max_epochs=1, resume=True)
@@ -403,3 +404,31 @@ def test_resume_errors_name_the_problem(tmp_path):
         f"resume: {path} is at iteration 4, beyond max_epochs 1 (2 iterations); raise max_epochs to train on."
     )
     assert _state_run(path, [0, 1], max_epochs=3, resume=True).state.iteration == 6  # resuming extends the training
+
+
+def _ddp_state_worker(rank, path, init):
+    from ignite.engine import Engine
+    from scripts.engines.checkpointing import TrainingStateHandler
+
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        for resume in (False, True):
+            torch.manual_seed(100 + rank)  # each rank its own noise
+            engine = Engine(lambda e, b: torch.rand(1))
+            TrainingStateHandler(path, {"network": torch.nn.Linear(2, 2)}, interval=2, resume=resume).attach(engine)
+            engine.run([0, 1], max_epochs=2 if not resume else 3)
+            if not resume:
+                expected = torch.rand(3)  # what this rank draws after iteration 4
+            else:
+                assert engine.state.iteration == 6
+                assert torch.equal(engine.state.output, expected[1:2]), rank  # iteration 5 drew expected[0]
+            torch.distributed.barrier()  # rank 0 has written the file before anyone resumes from it
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_keep_their_own_random_streams_across_resume(tmp_path):
+    path = tmp_path / "training_state.pt"
+    torch.multiprocessing.spawn(_ddp_state_worker, args=(path, f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
+    streams = load_checkpoint(path)["rng"]
+    assert len(streams) == 2 and not torch.equal(streams[0]["torch"], streams[1]["torch"])

@@ -34,11 +34,21 @@ __all__ = [
 ]
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if _distributed() else 0
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if _distributed() else 1
+
+
 def is_main_process() -> bool:
     """True outside ``torch.distributed`` and on its rank 0: the process that writes files."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
+    return _rank() == 0
 
 
 class _Record:
@@ -232,8 +242,10 @@ class TrainingStateHandler:
     generator), and the preset and config. It is written after the iteration's other handlers (EMA update, LR step)
     and never with NaN or Inf in it. With ``resume``, it is read at ``Events.STARTED`` (``weights_only=True``, preset
     checked) so that the run continues at the next iteration exactly as the uninterrupted run would have — the
-    same batches, noise, weights and optimizer moments (single process, ``num_workers: 0``; with DataLoader workers
-    the augmentation draws of the resumed epoch differ, under DDP the resumed epoch restarts its order).
+    same batches, noise, weights and optimizer moments. Exact with ``num_workers: 0``; with DataLoader workers the
+    augmentation draws of the epoch in which training resumes differ (workers reseed per epoch), later epochs
+    match. Under DDP every rank's random streams are gathered and restored (only rank 0 writes, every rank reads);
+    ``DistributedSampler`` keeps no position, so an epoch resumed mid-way restarts from its first batches.
 
     Attach it first among the trainer's handlers, so that the other ``STARTED`` handlers (e.g. validation at
     start) see the restored state.
@@ -293,6 +305,18 @@ class TrainingStateHandler:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
 
     def save(self, engine: Engine) -> None:
+        streams = rng_state(self.transform)
+        generator = getattr(engine.state.dataloader, "generator", None)
+        # Mid-epoch, the resumed run re-creates this epoch's iterator: give it the generator as it was at the start
+        # of the epoch, so that it draws the same worker seed and later epochs stay aligned.
+        mid_epoch = engine.state.iteration % engine.state.epoch_length != 0
+        streams["dataloader_generator"] = (
+            None if generator is None else self._epoch_generator if mid_epoch else generator.get_state()
+        )
+        ranks = [streams]  # every process's own streams (under DDP each rank draws its own noise)
+        if _world_size() > 1:
+            ranks = [None] * _world_size()
+            torch.distributed.all_gather_object(ranks, streams)
         if not is_main_process():
             return
         content = {"trainer": engine.state_dict()}
@@ -301,14 +325,7 @@ class TrainingStateHandler:
             if isinstance(obj, ResumableRandomSampler):
                 batch_size = getattr(engine.state.dataloader, "batch_size", None) or 1
                 content[name]["position"] = (engine.state.iteration % engine.state.epoch_length) * batch_size
-        content["rng"] = rng_state(self.transform)
-        generator = getattr(engine.state.dataloader, "generator", None)
-        # Mid-epoch, the resumed run re-creates this epoch's iterator: give it the generator as it was at the start
-        # of the epoch, so that it draws the same worker seed and later epochs stay aligned.
-        mid_epoch = engine.state.iteration % engine.state.epoch_length != 0
-        content["dataloader_generator"] = (
-            None if generator is None else self._epoch_generator if mid_epoch else generator.get_state()
-        )
+        content["rng"] = ranks
         save_checkpoint(self.path, content, self.preset, self.config)
 
     def load(self, engine: Engine) -> None:
@@ -323,7 +340,11 @@ class TrainingStateHandler:
         if length != engine.state.epoch_length:
             raise ValueError(
                 f"resume: {self.path} was written with {length} iterations per epoch, this run has "
-                f"{engine.state.epoch_length}; the data set or batch_size changed."
+                f"{engine.state.epoch_length}; the data set, batch_size or number of processes changed."
+            )
+        if len(state["rng"]) != _world_size():
+            raise ValueError(
+                f"resume: {self.path} was written by {len(state['rng'])} processes, this run has {_world_size()}."
             )
         max_epochs = engine.state.max_epochs
         if state["trainer"]["iteration"] > max_epochs * length:
@@ -335,10 +356,11 @@ class TrainingStateHandler:
         engine.state.max_epochs = max_epochs  # this run's setting: resuming may extend the training
         for name, obj in self.objects.items():
             _unwrap(obj).load_state_dict(state[name])
-        set_rng_state(state["rng"], self.transform)
+        streams = state["rng"][_rank()]
+        set_rng_state(streams, self.transform)
         generator = getattr(engine.state.dataloader, "generator", None)
-        if generator is not None and state.get("dataloader_generator") is not None:
-            generator.set_state(state["dataloader_generator"])
+        if generator is not None and streams["dataloader_generator"] is not None:
+            generator.set_state(streams["dataloader_generator"])
         engine.logger.info(
             f"resumed from {self.path} at iteration {engine.state.iteration} (epoch {engine.state.epoch}, "
             f"{getattr(engine.state, 'skipped_steps', 0)} non-finite steps skipped so far)."
