@@ -432,3 +432,114 @@ def test_ddp_ranks_keep_their_own_random_streams_across_resume(tmp_path):
     torch.multiprocessing.spawn(_ddp_state_worker, args=(path, f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
     streams = load_checkpoint(path)["rng"]
     assert len(streams) == 2 and not torch.equal(streams[0]["torch"], streams[1]["torch"])
+
+
+# ---- configuration errors -----------------------------------------------------------------------------------------
+
+CONFIGS = os.path.join(ROOT, "bundle", "configs")
+KNOWN = ["custom", "progressive_3stage", "quick_2stage", "stage4_512x512x604", "tiny"]  # and any preset added later
+
+
+def _settings(**overrides):
+    base = {
+        "preset": "tiny",
+        "stage": 0,
+        "stages": [{"grid_size": 8}, {"grid_size": 16}],
+        "stage_sizes": [8, 16],
+        "image_size": 16,
+        "hu_window": [-1000.0, 2000.0],
+        "num_train_timesteps": 1000,
+        "num_inference_steps": 20,
+        "previous_sample_steps": 5,
+        "ssim_window": 7,
+        "learning_rate": 3e-4,
+        "weight_decay": 0.01,
+        "ema_momentum": 0.01,
+        "batch_size": 2,
+        "max_epochs": 10,
+        "val_interval": 2,
+        "cache_rate": 1.0,
+        "num_workers": 0,
+    }
+    return dict(base, **overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"preset": "quick2stage"},
+            "preset: unknown preset 'quick2stage'; known: {known} (the preset: of train.yaml and of "
+            "configs/stages/*.yaml; an architecture of your own is preset 'custom').",
+        ),
+        (
+            {"stage": 1, "stage_sizes": [8, 32]},
+            "stage_sizes [8, 32] must contain the grid size of every stage this run uses: stages[1].grid_size is 16 "
+            "(the training batches carry image_<size> for each size).",
+        ),
+        (
+            {"image_size": 8},
+            "image_size (8) must be at least the largest of stage_sizes (16): the stage volumes are resized from it.",
+        ),
+        (
+            {"ssim_window": 9},
+            "ssim_window must be a positive number of voxels no larger than the smallest stage grid (8), got 9.",
+        ),
+        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer (or one per stage), got 0."),
+        (
+            {"num_inference_steps": [5, -1]},
+            "num_inference_steps must be a positive integer (or one per stage), got [5, -1].",
+        ),
+        ({"num_inference_steps": 2000}, "num_inference_steps (2000) cannot exceed num_train_timesteps (1000)."),
+        ({"num_train_timesteps": 0}, "num_train_timesteps must be a positive integer, got 0."),
+        ({"previous_sample_steps": 0}, "previous_sample_steps must be a positive integer, got 0."),
+        ({"learning_rate": -1e-4}, "learning_rate must be a positive number, got -0.0001."),
+        ({"weight_decay": -0.01}, "weight_decay must be a number >= 0.0, got -0.01."),
+        ({"ema_momentum": 1.5}, "ema_momentum must be a number in (0.0, 1.0], got 1.5."),
+        ({"cache_rate": 2}, "cache_rate must be a number in [0.0, 1.0], got 2."),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0."),
+        ({"max_epochs": -3}, "max_epochs must be a positive integer, got -3."),
+        ({"val_interval": 0}, "val_interval must be a positive integer, got 0."),
+        ({"num_workers": -1}, "num_workers must be an integer >= 0, got -1."),
+        ({"hu_window": [2000, -1000]}, "hu_window must be (low, high) in HU with high > low, got [2000, -1000]."),
+    ],
+)
+def test_bad_training_settings_are_named(overrides, message):
+    from scripts.engines.settings import check_training_settings, known_presets
+
+    known = known_presets(CONFIGS)
+    assert set(KNOWN) <= set(known)
+    check_training_settings(_settings(), CONFIGS)  # the defaults pass
+    with pytest.raises(ValueError) as info:
+        check_training_settings(_settings(**overrides), CONFIGS)
+    assert str(info.value) == message.format(known=known)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"preset": "tinny"}, "preset: unknown preset 'tinny'; known: "),
+        ({"geometry#views": ["pa", "oblique"]}, "views: unknown view name 'oblique'; expected one of "),
+        (
+            {"stages": [dict(TINY_STAGES[0], patch_size=3), dict(TINY_STAGES[0], grid_size=16)]},
+            "stages[0]: grid_size (8, 8, 8) must be divisible by patch_size (3, 3, 3).",
+        ),
+        ({"num_inference_steps": -2}, "num_inference_steps must be a positive integer (or one per stage), got -2."),
+        ({"learning_rate": -0.1}, "learning_rate must be a positive number, got -0.1."),
+    ],
+)
+def test_training_workflow_names_the_bad_key_before_building_anything(tmp_path, overrides, message):
+    from monai.bundle import ConfigWorkflow
+
+    settings = {k: v for k, v in TINY_RUN.items() if k not in ("synthetic_count", "checkpoint_interval")}
+    workflow = ConfigWorkflow(
+        config_file=os.path.join(CONFIGS, "train.yaml"),
+        workflow_type=None,
+        run_id="training",
+        **dict(settings, dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), **overrides),
+    )
+    with pytest.raises(RuntimeError) as info:
+        workflow.initialize()
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError) and str(cause).startswith(message), repr(cause)
+    assert not (tmp_path / "data").exists()  # failed before preparing or caching any data
