@@ -70,7 +70,7 @@ def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
         load_checkpoint(bare)
     assert not marker.exists()
     # Sanity: the payload does run when unpickled without weights_only (what the loaders never do).
-    torch.load(path, weights_only=False)
+    torch.load(path, weights_only=False)  # deliberately unsafe
     assert marker.exists()
 
 
@@ -204,6 +204,30 @@ def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
     )
     assert torch.equal(load_checkpoint(tmp_path / "model.pt")["network"]["bias"], saved["network"]["bias"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_every_torch_load_in_the_repository_is_weights_only():
+    import ast
+    from pathlib import Path
+
+    root, offenders = Path(ROOT).resolve(), []
+    for path in sorted(root.glob("**/*.py")):
+        if any(part in {".git", "models", "demo", "build"} or part.endswith(".egg-info") for part in path.parts):
+            continue
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            func = getattr(node, "func", None)
+            if isinstance(func, ast.Attribute) and func.attr == "load" and getattr(func.value, "id", None) == "torch":
+                safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                if not safe and "# deliberately unsafe" not in source.splitlines()[node.lineno - 1]:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    for path in sorted((root / "bundle" / "configs").glob("**/*.*")):  # config expressions
+        text = path.read_text()
+        for match in re.finditer(r"torch\.load\(", text):
+            call = text[match.start() : text.find(")", match.start()) + 1]
+            if "weights_only=True" not in call:
+                offenders.append(f"{path.relative_to(root)}: {call}")
+    assert offenders == []
 
 
 # ---- non-finite steps ---------------------------------------------------------------------------------------------
