@@ -1,11 +1,13 @@
 """Engines: diffusion objectives over MONAI schedulers, the DRR consistency loss, the cascade trainer."""
 
+from .checkpointing import AtomicCheckpointSaver, ResumableRandomSampler, TrainingStateHandler
 from .evaluation import CTEvaluation, drr_consistency, volume_metrics, x2ct_metrics
 from .inference import CTInferenceWorkflow, CTOutputd, XrayInputsd, ct_scale_to_hu, ensure_cases, load_cases
 from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
 from .preview import orthogonal_slices, save_preview
 from .sampler import CascadeSampler, CTInferer, RegressionInferer, views_and_mask
+from .settings import check_training_settings
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
 from .workflow import (
     DRRPreviewHandler,
@@ -18,6 +20,10 @@ from .workflow import (
 )
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "ResumableRandomSampler",
+    "TrainingStateHandler",
+    "check_training_settings",
     "CTEvaluation",
     "CTInferenceWorkflow",
     "CTInferer",
