@@ -218,12 +218,14 @@ def test_scripted_denoiser_with_shifted_padded_windows_matches_eager():
 
 
 def test_multi_gpu_initialize_runs_train_initialize_in_order():
-    """multi_gpu_train.yaml replaces ``initialize`` (process group first): it must keep every step of train.yaml's."""
+    """multi_gpu_train.yaml replaces ``initialize``: it must keep every step of train.yaml's, in the same order, and
+    set up the process group before anything that builds the network or reads the data."""
     train = yaml.safe_load(TRAIN.read_text())["initialize"]
     multi = yaml.safe_load(MULTI_GPU.read_text())["initialize"]
-    start = multi.index(train[0])
-    assert multi[start : start + len(train)] == train, "copy train.yaml's initialize into multi_gpu_train.yaml"
-    assert "init_process_group(backend=@dist_backend)" in multi[0]
+    assert [step for step in multi if step in train] == train, "copy train.yaml's initialize into multi_gpu_train.yaml"
+    setup = next(i for i, step in enumerate(multi) if "init_process_group(backend=@dist_backend)" in step)
+    assert all(multi.index(step) > setup for step in train if "@network" in step or "@datalist" in step)
+    assert setup < multi.index("$@datalist") < multi.index(next(s for s in train if "@network" in s))
 
 
 @pytest.mark.parametrize("stage", [0, 1])
