@@ -193,7 +193,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
 
     def _finite_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """True when loss and gradient norm are finite; otherwise drop the gradients, count, and stop at the limit."""
-        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        finite = (torch.isfinite(loss) & torch.isfinite(grad_norm)).to(torch.int32)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # skip on every rank or none
         if bool(finite):
