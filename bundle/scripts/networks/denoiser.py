@@ -27,10 +27,14 @@ class HybridViT3D(nn.Module):
     ``(B, C_in, X, Y, Z)`` -> patch embedding (``patch_size``) + learned 3D position embedding (kept on at most
     32 tokens per axis and resized by trilinear interpolation to the token grid) -> ``depth`` DiT blocks
     (self-attention, cross-attention to the X-ray tokens, MLP; adaLN-Zero from timestep + global embedding) ->
-    adaLN final layer -> unpatchify -> ``(B, C_out, X, Y, Z)``. At init every block is the identity and the output
-    is 0. Global self-attention costs ``O(T²)`` in the token count ``T``: keep the token grid near 32³ or use
-    ``attention="window"`` (shifted 3D windows of ``window_size`` tokens, alternating with unshifted ones; a token
-    grid the window does not divide is padded with zero tokens).
+    adaLN final layer -> unpatchify -> ``(B, C_out, X, Y, Z)``, plus a per-voxel skip: a 1×1×1 linear map of the
+    input gated per channel by the conditioning (timestep + global embedding). The skip exists because a token
+    carries ``p³`` voxels through ``width`` numbers: once ``p³ > width`` (patch 8 = 512 voxels) the patch path
+    cannot pass per-voxel noise through, yet v and ε targets are ``c₁(t)·x_t + c₂(t)·x0``; the gated skip carries
+    the ``x_t`` term at every voxel and the tokens predict the smooth part. At init every block is the identity and
+    the output (gates zero) is 0. Global self-attention costs ``O(T²)`` in the token count ``T``: keep the token
+    grid near 32³ or use ``attention="window"`` (shifted 3D windows of ``window_size`` tokens, alternating with
+    unshifted ones; a token grid the window does not divide is padded with zero tokens).
 
     Args:
         in_channels: noisy volume + lifted prior (+ previous stage) channels.
@@ -85,6 +89,8 @@ class HybridViT3D(nn.Module):
             for i in range(depth)
         )
         self.final_layer = FinalLayer(width, patch[0] * patch[1] * patch[2], out_channels)
+        self.voxel_skip = nn.Conv3d(in_channels, out_channels, kernel_size=1)
+        self.skip_gate = nn.Sequential(nn.SiLU(), nn.Linear(width, out_channels))
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -112,6 +118,9 @@ class HybridViT3D(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        # The per-voxel skip starts closed, like the adaLN-Zero gates.
+        nn.init.zeros_(self.skip_gate[-1].weight)
+        nn.init.zeros_(self.skip_gate[-1].bias)
 
     def _position_embedding(self, tokens: list[int]) -> torch.Tensor:
         pos = self.pos_embed
@@ -160,4 +169,6 @@ class HybridViT3D(nn.Module):
                 h = checkpoint(block, h, c, context, context_mask, tokens, use_reentrant=False)
             else:
                 h = block(h, c, context, context_mask, tokens)
-        return self.unpatchify(self.final_layer(h, c), tokens)  # (B, C_out, X, Y, Z)
+        out = self.unpatchify(self.final_layer(h, c), tokens)  # (B, C_out, X, Y, Z)
+        gate = self.skip_gate(c)[:, :, None, None, None]  # (B, C_out, 1, 1, 1)
+        return out + gate * self.voxel_skip(x)  # (B, C_out, X, Y, Z)
