@@ -183,6 +183,13 @@ class CTOutputd(MapTransform):
         return d
 
 
+def _reason(err: BaseException) -> str:
+    """The message that names the problem: MONAI's ``Compose`` wraps a transform's error in "applying transform ..."."""
+    while isinstance(err, RuntimeError) and str(err).startswith("applying transform") and err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
+
+
 def _case_name(case: Mapping, index: int, names_from_files: bool) -> str:
     """``name`` from the datalist, else ``case_<index>``; file stems only when asked (they may identify people)."""
     if isinstance(case.get("name"), str) and case["name"].strip():
@@ -327,8 +334,9 @@ class CTInferenceWorkflow:
                 summary = self._run_case(index, case)
             except Exception as err:  # one bad case must not stop the others; it is reported with its reason
                 label = case.get("name") if isinstance(case.get("name"), str) else f"case {index}"
-                logger.error("%s failed: %s", label, err)
-                report["failed"].append({"case": index, "name": label, "error": f"{type(err).__name__}: {err}"})
+                reason = _reason(err)
+                logger.error("%s failed: %s", label, reason)
+                report["failed"].append({"case": index, "name": label, "error": reason})
                 continue
             logger.info("%s: DRR error %.4f in %.1f s", summary["name"], summary["drr_error"], summary["seconds"])
             report["done"].append(summary)
