@@ -275,8 +275,13 @@ def test_inference_yaml_shares_physics_and_geometry_with_train_yaml():
     data, inference = ConfigParser(), ConfigParser()
     data.read_config(os.path.join(CONFIGS, "train.yaml"))
     inference.read_config(os.path.join(CONFIGS, "inference.yaml"))
-    for key in ("physics", "geometry", "fov_mm"):
+    for key in ("physics", "geometry", "fov_mm", "image_size", "hu_window", "scanner_padding_hu", "hu_max", "preset"):
         assert inference[key] == data[key], key
+    for key in ("encoder", "stages", "use_depth_lifting", "prediction_type", "num_train_timesteps"):
+        assert inference[key] == data[key], key
+    # A CT given to inference goes through exactly the training preprocessing (before the rendering).
+    assert inference["ct_preprocessing"] == data["preprocessing"]
+    assert inference["renderer"]["method"] == data["renderer"]["method"]
 
 
 def _reference_window_attention(block: DiTBlock, x: torch.Tensor, grid, window, shift) -> torch.Tensor:
