@@ -14,6 +14,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 from monai.transforms import Compose, ScaleIntensityRange
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scripts.checkpoint import preset_record, save_checkpoint
@@ -241,6 +242,13 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), tmp_path / "volume.nii.gz")
     _truncated_dx(tmp_path / "broken.dcm")
     Image.fromarray((np.random.default_rng(0).random((50, 40)) * 255).astype(np.uint8)).save(tmp_path / "pa.png")
+    ct_nan = np.zeros((8, 8, 8), np.float32)
+    ct_nan[2, 3, 4] = np.nan
+    nib.save(nib.Nifti1Image(ct_nan, np.diag([10.0, 10.0, 10.0, 1.0])), tmp_path / "ct_nan.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.diag([80.0, 80.0, 80.0, 1.0])), tmp_path / "ct_far.nii.gz"
+    )
+    ct_slice = get_testdata_file("CT_small.dcm")
     cases = {
         "test": [
             {"name": "missing", "pa": str(tmp_path / "nope.png")},
@@ -248,6 +256,9 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
             {"name": "nan", "pa": str(tmp_path / "nan.nii.gz")},
             {"name": "wrong_rank", "pa": str(tmp_path / "volume.nii.gz")},
             {"name": "nothing"},
+            {"name": "ct_slice_as_view", "pa": ct_slice},
+            {"name": "ct_nan", "image": str(tmp_path / "ct_nan.nii.gz")},
+            {"name": "absurd_spacing", "image": str(tmp_path / "ct_far.nii.gz")},
             {"name": "good", "image": str(dataset / good["image"])},
             {"name": "one_view", "pa": str(tmp_path / "pa.png")},
         ]
@@ -261,6 +272,14 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
     assert errors["nan"] == f"ValueError: {tmp_path / 'nan.nii.gz'}: contains NaN or Inf pixels."
     assert errors["wrong_rank"].startswith(f"ValueError: {tmp_path / 'volume.nii.gz'}: expected a single 2D radiograph")
     assert errors["nothing"].startswith("ValueError: case has no input")
+    assert errors["ct_slice_as_view"].startswith(f"ValueError: {ct_slice}: DICOM modality 'CT' is not a radiograph")
+    assert (
+        errors["ct_nan"]
+        == f"ValueError: {tmp_path / 'ct_nan.nii.gz'}: 1 voxels are NaN or Inf; expected finite CT numbers (HU)."
+    )
+    assert errors["absurd_spacing"].startswith(
+        f"ValueError: {tmp_path / 'ct_far.nii.gz'}: voxel spacing (80.0, 80.0, 80.0) mm"
+    )
     one_view = json.loads((tmp_path / "out" / "one_view" / "one_view.json").read_text())
     assert one_view["input"] == "radiographs" and one_view["views"] == ["pa"]
     assert list(one_view["drr_error_per_view"]) == ["pa"]
