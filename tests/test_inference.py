@@ -44,7 +44,9 @@ TINY = {
     "progress_bar": False,
 }
 BASELINES = {
-    "baseline_unet_3d#stages": [{"grid_size": 32, "decoder": "unet", "lift_channels": 4}],
+    "baseline_unet_3d#stages": [
+        {"grid_size": 32, "decoder": "unet", "lift_channels": 4, "unet_features": [4, 4, 8, 8, 8, 4]}
+    ],
     "baseline_lifted_prior#stages": [{"grid_size": 16, "decoder": "linear", "lift_channels": 4}],
     "protocol_size": 32,
     "ssim_window": 3,
