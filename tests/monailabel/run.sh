@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# MONAI Label check of the bundle: one inference through MONAI Label's BundleInferTask (the app in app/main.py), as
+# `monailabel start_server` runs it, on X-rays rendered from a synthetic chest phantom.
+#
+#   tests/monailabel/run.sh [--server] [--keep]
+#
+# 1. A virtual environment with MONAI Label (its own: MONAI Label needs numpy<2 and pydicom<3, the bundle's
+#    environment has numpy 2 and pydicom 3), created once under $MONAILABEL_VENV and reused.
+# 2. A copy of bundle/ (configs, scripts, models/model.pt when shipped) in a work folder. Without a shipped
+#    model.pt, untrained weights of the configured preset are saved into the copy (bundle/ is never written).
+# 3. Inputs, made with the bundle's own environment ($BUNDLE_PYTHON): a phantom CT (NIfTI) and its PA/lateral views
+#    rendered with the training geometry (PNG).
+# 4. infer.py in the MONAI Label environment: task(request) for the CT (both views rendered by the bundle) and for
+#    the PA PNG (one view); asserts a 3D NIfTI on the last stage grid, in HU, RAS, fov_mm/grid mm voxels, and that
+#    MONAI Label returns the same CT as the bundle's own preprocessing -> inferer -> postprocessing.
+# --server also starts `monailabel start_server` on 127.0.0.1 and checks POST /infer over HTTP (by datastore id and
+# by file upload). --keep keeps the work folder.
+#
+# Environment: MONAILABEL_VENV (default ~/.cache/xray2ct-monailabel-venv), BUNDLE_PYTHON (default python),
+# MONAILABEL_BASE_PYTHON (python that creates the venv, default python3), MONAILABEL_STEPS (num_inference_steps
+# per stage, default 2), MONAILABEL_WORKDIR (work folder, kept; default a new temporary one), MONAILABEL_PORT.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="${MONAILABEL_VENV:-$HOME/.cache/xray2ct-monailabel-venv}"
+BUNDLE_PYTHON="${BUNDLE_PYTHON:-python}"
+BASE_PYTHON="${MONAILABEL_BASE_PYTHON:-python3}"
+STEPS="${MONAILABEL_STEPS:-2}"
+SERVER=0
+KEEP=0
+for arg in "$@"; do
+    case "$arg" in
+        --server) SERVER=1 ;;
+        --keep) KEEP=1 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+# What the environment holds. torch: MONAI Label imports torchvision at import time (monailabel/transform/post.py)
+# and PyPI's torchvision does not load beside the CPU build of torch 2.13.0 ("operator torchvision::nms does not
+# exist"), so this environment takes torch 2.14.1 with its matching torchvision 0.29.1 (the default builds; on this
+# kind of machine both lie on disk). monailabel 0.8.5 accepts monai>=1.4 and resolves monai 1.6.1, the bundle's
+# version. numpy<2 comes from monailabel's numpymaxflow; pydicom<3 because pydicom-seg (used by MONAI Label's DICOM
+# SEG conversion) imports pydicom._storage_sopclass_uids, which pydicom 3 removed.
+TORCH_SPEC=(torch==2.14.1 torchvision==0.29.1)
+MONAILABEL_SPEC=(monailabel==0.8.5)
+CONSTRAINTS=$'torch==2.14.1\ntorchvision==0.29.1\nnumpy<2\npydicom<3'
+STAMP="${TORCH_SPEC[*]} ${MONAILABEL_SPEC[*]} ${CONSTRAINTS//$'\n'/ }"
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+log() { echo "[monailabel-check] $*"; }
+
+# pip's output only when it fails (this machine's extra indexes warn about every package they do not hold).
+venv_pip() {
+    local out
+    out="$(mktemp)"
+    if ! "$VENV/bin/python" -m pip "$@" >"$out" 2>&1; then
+        grep -v "is ignored: it is neither a file nor a directory" "$out" | tail -40 >&2
+        rm -f "$out"
+        return 1
+    fi
+    rm -f "$out"
+}
+
+# ---- 1. the MONAI Label environment ------------------------------------------------------------------------------
+start_all="$(now)"
+if [[ -x "$VENV/bin/python" && -f "$VENV/.xray2ct-stamp" && "$(cat "$VENV/.xray2ct-stamp")" == "$STAMP" ]]; then
+    log "reusing $VENV"
+    install_s=0
+else
+    log "creating $VENV (${TORCH_SPEC[*]}, then ${MONAILABEL_SPEC[*]}; several minutes)"
+    start="$(now)"
+    rm -rf "$VENV"
+    mkdir -p "$(dirname "$VENV")"
+    "$BASE_PYTHON" -m venv "$VENV"
+    venv_pip install --quiet --upgrade pip
+    # torch first, on its own: otherwise the resolver is free to pick any torch that some dependency accepts.
+    venv_pip install --quiet "${TORCH_SPEC[@]}"
+    printf '%s\n' "$CONSTRAINTS" >"$VENV/xray2ct-constraints.txt"
+    venv_pip install --quiet -c "$VENV/xray2ct-constraints.txt" "${MONAILABEL_SPEC[@]}"
+    printf '%s' "$STAMP" >"$VENV/.xray2ct-stamp"
+    install_s="$(elapsed "$start")"
+    log "environment ready in ${install_s} s"
+fi
+"$VENV/bin/python" - <<'EOF'
+import monai, monailabel, numpy, pydicom, torch, torchvision
+print(f"[monailabel-check] monailabel {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, "
+      f"torchvision {torchvision.__version__}, numpy {numpy.__version__}, pydicom {pydicom.__version__}")
+EOF
+
+# ---- 2. a copy of the bundle -------------------------------------------------------------------------------------
+if [[ -n "${MONAILABEL_WORKDIR:-}" ]]; then
+    WORK="$MONAILABEL_WORKDIR"
+    mkdir -p "$WORK"
+    KEEP=1
+else
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/xray2ct-monailabel.XXXXXX")"
+fi
+SERVER_PID=""
+cleanup() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [[ "$KEEP" == 1 ]]; then
+        log "work folder kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+BUNDLE="$WORK/xray2ct"  # the folder's name is the model's name in MONAI Label
+rm -rf "$BUNDLE" "$WORK/studies"
+mkdir -p "$BUNDLE/models"
+cp -R "$ROOT/bundle/configs" "$ROOT/bundle/scripts" "$ROOT/bundle/LICENSE" "$BUNDLE/"
+find "$BUNDLE" -name __pycache__ -prune -exec rm -rf {} +
+if [[ -f "$ROOT/bundle/models/model.pt" ]]; then
+    cp "$ROOT/bundle/models/model.pt" "$BUNDLE/models/model.pt"
+    log "bundle copied to $BUNDLE with the shipped models/model.pt"
+else
+    log "bundle copied to $BUNDLE; no shipped models/model.pt: untrained weights will be made for the copy"
+fi
+
+# ---- 3. inputs (and weights when none are shipped), with the bundle's own environment ----------------------------
+start="$(now)"
+"$BUNDLE_PYTHON" "$HERE/prepare_inputs.py" "$BUNDLE" "$WORK/studies"
+prepare_s="$(elapsed "$start")"
+log "inputs ready in ${prepare_s} s"
+
+# ---- 4. inference through BundleInferTask ------------------------------------------------------------------------
+start="$(now)"
+(cd "$WORK" && "$VENV/bin/python" "$HERE/infer.py" "$BUNDLE" "$WORK/studies" --steps "$STEPS" --out "$WORK/report.json") \
+    >"$WORK/infer.out" 2>"$WORK/infer.log" \
+    || { cat "$WORK/infer.out"; tail -60 "$WORK/infer.log" >&2; log "FAILED (log: $WORK/infer.log)"; KEEP=1; exit 1; }
+sed 's/^/[monailabel-check] /' "$WORK/infer.out"
+infer_s="$(elapsed "$start")"
+
+server_s=""
+if [[ "$SERVER" == 1 ]]; then
+    start="$(now)"
+    PORT="${MONAILABEL_PORT:-$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+    cp -R "$HERE/app" "$WORK/app"  # start_server creates model/, lib/, logs/, bin/ in the app folder
+    log "starting monailabel start_server on 127.0.0.1:$PORT"
+    # What the `monailabel` launcher runs (it calls whichever `python` is first on PATH, so: the venv's explicitly).
+    (cd "$WORK" && exec "$VENV/bin/python" -m monailabel.main start_server --app "$WORK/app" --studies "$WORK/studies" \
+        --conf models "$BUNDLE" --host 127.0.0.1 --port "$PORT") >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    up=0
+    for _ in $(seq 1 180); do
+        if curl -sf "http://127.0.0.1:$PORT/info/" >/dev/null 2>&1; then up=1; break; fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+        sleep 1
+    done
+    if [[ "$up" != 1 ]]; then tail -40 "$WORK/server.log" >&2; log "FAILED: the server did not come up"; KEEP=1; exit 1; fi
+    log "server up after $(elapsed "$start") s"
+    (cd "$WORK" && "$VENV/bin/python" "$HERE/infer.py" "$BUNDLE" "$WORK/studies" --steps "$STEPS" \
+        --server "http://127.0.0.1:$PORT" --out "$WORK/server_report.json") >"$WORK/server_check.out" 2>&1 \
+        || { tail -40 "$WORK/server_check.out" "$WORK/server.log" >&2; log "FAILED over HTTP"; KEEP=1; exit 1; }
+    sed 's/^/[monailabel-check] /' "$WORK/server_check.out"
+    server_s="$(elapsed "$start")"
+fi
+
+log "timings (s): environment ${install_s} (0 = reused), inputs ${prepare_s}, BundleInferTask check ${infer_s}${server_s:+, server check ${server_s}}, total $(elapsed "$start_all")"
+if [[ "$KEEP" == 1 ]]; then
+    log "PASSED (measurements: $WORK/report.json${server_s:+ and $WORK/server_report.json})"
+else
+    log "PASSED"
+fi
