@@ -1,8 +1,9 @@
 """MONAI Label: the bundle served by MONAI Label's BundleInferTask (tests/monailabel/run.sh, opt-in).
 
 The check needs its own environment with MONAI Label (numpy<2, pydicom<3, torch 2.14.1 + torchvision 0.29.1 next to
-monai 1.6.1), which takes minutes to install (about 8 on 2 cores even with a warm pip cache) and ~8 GB; it is
-reused from ~/.cache/xray2ct-monailabel-venv afterwards. Set XRAY2CT_MONAILABEL=1 to run it.
+monai 1.6.1), which takes 4-5 minutes to install on 2 cores with a warm pip cache and ~8 GB of disk; it is reused
+from ~/.cache/xray2ct-monailabel-venv afterwards (the check itself then takes about a minute). Set
+XRAY2CT_MONAILABEL=1 to run it.
 """
 
 from __future__ import annotations
