@@ -90,8 +90,8 @@ class XrayInputsd(MapTransform):
     A case holds either radiograph files per view (``pa``, ``lateral``; DICOM DX/CR, PNG/JPEG/TIFF, 2D NIfTI; one view
     is enough) or a CT in ``image`` (NIfTI/NRRD/MHA/DICOM series) whose views are rendered with the training
     geometry (evaluation, demos; the preprocessed CT is kept under ``ct_key`` in HU with its affine). ``image`` may
-    also be a single radiograph file, read as the first view (PA). A missing view is NaN in ``image`` (MONAI Label
-    passes the inferer one tensor) and ``False`` in ``image_mask``.
+    also be a radiograph file, read as the first view (PA) unless ``pa`` is given. A missing view is NaN in
+    ``image`` (MONAI Label passes the inferer one tensor) and ``False`` in ``image_mask``.
 
     Args:
         ct_transforms: the CT preprocessing (``preprocessing`` of the training config, up to the field-of-view grid).
@@ -117,12 +117,13 @@ class XrayInputsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
-        view_keys = [k for k in self.radiographs.keys if d.get(k) is not None]
+        views = {k: d[k] for k in self.radiographs.keys if d.get(k) is not None}
         image = d.get("image")
-        if view_keys:
-            loaded = self.radiographs({k: d[k] for k in view_keys})
-        elif isinstance(image, (str, os.PathLike)) and is_radiograph_file(image):
-            loaded = self.radiographs({self.radiographs.keys[0]: image})
+        first = self.radiographs.keys[0]
+        if isinstance(image, (str, os.PathLike)) and first not in views and is_radiograph_file(image):
+            views[first] = image  # a radiograph in `image` is the first view (PA), e.g. MONAI Label's input file
+        if views:
+            loaded = self.radiographs(views)
         elif image is not None:
             ct = self.ct_transforms({"image": image})["image"]  # (1, X, Y, Z) HU, MetaTensor
             spacing = [self.fov_mm / n for n in ct.shape[1:]]
