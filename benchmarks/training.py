@@ -1,0 +1,155 @@
+"""One training step of a cascade stage, DRR consistency loss included: seconds, peak memory, FLOPs and MFU.
+
+The step is the bundle's own: ``CascadeDiffusionTrainer._iteration`` (forward under bf16 autocast on CUDA, v-loss,
+DRR loss of x̂0 through the training composer, backward, gradient clipping, AdamW step), on a network built from
+``configs/inference.yaml`` + the preset and frozen with ``freeze_for_stage`` as ``configs/train.yaml`` does. The
+timestep is fixed inside the DRR loss's gate so that every timed step renders (a random timestep skips the loss for
+half of the steps). MFU = counted model FLOPs per step (``torch.utils.flop_counter``, without the recomputation of
+gradient checkpointing) / step time / the measured dense matmul rate of the same device and dtype.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.cascade import CONFIGS, phantom_hu, xray_pair
+from benchmarks.scaling import _median_time, _PeakMemory, build_stage, flop_counter
+
+
+def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
+    """Measured FLOP/s of ``n × n`` matmuls (the MFU denominator)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    seconds = _median_time(lambda: a @ b, device, repeats)
+    return 2 * n**3 / seconds
+
+
+def train_step(spec: dict) -> dict:
+    """``spec``: preset, stage, grid, device, repeats, gradient_checkpointing. One row."""
+    from monai.bundle import ConfigParser
+    from monai.networks.schedulers import DDPMScheduler
+    from scripts.engines import CascadeDiffusionTrainer, DiffusionObjective, DRRConsistencyLoss, freeze_for_stage
+
+    from benchmarks.run import stamp_for
+
+    device, stage = spec["device"], spec["stage"]
+    cuda = device.startswith("cuda")
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.yaml"))  # loss weights and optimiser settings (raw values only)
+    network, parser = build_stage(spec, device)
+    freeze_for_stage(network, stage)
+    objective = DiffusionObjective(
+        DDPMScheduler(train["num_train_timesteps"], schedule="scaled_linear_beta", prediction_type="v_prediction")
+    )
+    gate = train["physics_timestep_gate"]
+    t_fixed = int(gate * objective.num_train_timesteps) // 2  # inside the gate: the DRR loss is on
+    objective.sample_timesteps = lambda x0, generator=None: torch.full((x0.shape[0],), t_fixed, device=x0.device)
+    physics = DRRConsistencyLoss(
+        parser.get_parsed_content("composer"), parser["hu_window"], train["physics_loss_weight"], gate
+    )
+    xray = xray_pair(parser, device)
+    hu, _ = phantom_hu(parser)
+    low, high = parser["hu_window"]
+    ct = ((hu.clamp(low, high) - low) / (high - low) * 2 - 1).to(device)  # (1, 1, 64, 64, 64) CT scale
+    batch = {"xray": xray}
+    for s in range(stage + 1):
+        grid = network.grid_size(s)
+        batch[f"image_{grid[0]}"] = F.interpolate(ct, size=grid, mode="trilinear")
+    params = [p for p in network.parameters() if p.requires_grad]
+    trainer = CascadeDiffusionTrainer(
+        device=torch.device(device),
+        max_epochs=1,
+        train_data_loader=[batch],
+        network=network,
+        optimizer=torch.optim.AdamW(params, lr=train["learning_rate"], weight_decay=train["weight_decay"]),
+        loss_function=torch.nn.MSELoss(),
+        objective=objective,
+        stage=stage,
+        physics_loss=physics.to(device),
+        clip_grad_norm=train["clip_grad_norm"],
+        amp=cuda,
+    )
+
+    def step() -> dict:
+        return trainer._iteration(trainer, batch)
+
+    first_t0 = time.perf_counter()
+    out = step()  # the first step also creates AdamW's state
+    if cuda:
+        torch.cuda.synchronize()
+    first = time.perf_counter() - first_t0
+    out = out[0] if isinstance(out, list) else out  # MONAI decollates the output by default
+    assert float(out["loss_drr"]) > 0, "the DRR loss must be part of the timed step"
+    with _PeakMemory(device) as memory:  # steady state: weights, gradients, AdamW state, activations, renderer
+        seconds = _median_time(step, device, spec["repeats"])
+    checkpointing = [d["denoiser"].gradient_checkpointing for d in network.stages]
+    for d in network.stages:  # model FLOPs: without the recomputation
+        d["denoiser"].gradient_checkpointing = False
+    with flop_counter() as counter:
+        step()
+    for d, c in zip(network.stages, checkpointing, strict=True):
+        d["denoiser"].gradient_checkpointing = c
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rate = matmul_rate(device, dtype, 8192 if cuda else 2048, 10 if cuda else 3)
+    flops = counter.get_total_flops()
+    return {
+        **stamp_for(device),
+        "section": "train",
+        "preset": spec["preset"],
+        "stage": stage,
+        "grid": list(network.grid_size(stage)),
+        "batch": 1,
+        "dtype": "bf16 autocast" if cuda else "float32",
+        "gradient_checkpointing": bool(spec.get("gradient_checkpointing", False)),
+        "drr_loss": True,
+        "timestep": t_fixed,
+        "trainable_params_M": sum(p.numel() for p in params) / 1e6,
+        "first_step_s": first,
+        "step_s": seconds,
+        "repeats": spec["repeats"],
+        "peak_GiB": memory.total,
+        "peak_above_start_GiB": memory.peak,
+        "memory_measure": "CUDA max allocated" if cuda else "CPU peak RSS (fresh process)",
+        "model_TFLOP_per_step": flops / 1e12,
+        "matmul_TFLOPs": rate / 1e12,
+        "matmul_dtype": str(dtype).replace("torch.", ""),
+        "achieved_TFLOPs": flops / seconds / 1e12,
+        "mfu": flops / seconds / rate,
+    }
+
+
+def train_specs(device: str, quick: bool, repeats: int) -> list[dict]:
+    """Stage 3 of ``progressive_3stage`` (index 2): full 256³ on CUDA, a quarter grid (64³) on CPU."""
+    grid = 256 if device.startswith("cuda") else 64
+    return [
+        {
+            "preset": "progressive_3stage",
+            "stage": 2,
+            "grid": grid,
+            "gradient_checkpointing": ckpt,
+            "device": device,
+            "repeats": repeats,
+            "series": "train",
+        }
+        for ckpt in ((False, True) if device.startswith("cuda") or not quick else (False,))
+    ]
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "| preset, stage | grid | batch | dtype | checkpointing | step s (first) | peak GiB (above step start) "
+        "| model TFLOP/step | achieved TFLOP/s | matmul TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']}, {r['stage']} | {r['grid'][0]}³ | {r['batch']} | {r['dtype']} "
+            f"| {'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.3f} ({r['first_step_s']:.2f}) "
+            f"| {r['peak_GiB']:.2f} ({r['peak_above_start_GiB']:.2f}) | {r['model_TFLOP_per_step']:.3f} "
+            f"| {r['achieved_TFLOPs']:.2f} | {r['matmul_TFLOPs']:.2f} ({r['matmul_dtype']}) | {r['mfu']:.1%} |"
+        )
+    return lines
