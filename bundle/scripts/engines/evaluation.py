@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import SSIMMetric
 
+from ..checkpoint import load_network_weights
 from ..utils import atomic_write
 
 __all__ = ["CTEvaluation", "drr_consistency", "volume_metrics", "x2ct_metrics"]
@@ -126,8 +127,7 @@ class CTEvaluation:
         return scores
 
     def _baseline(self, name: str, spec: Mapping, views: torch.Tensor, mask: torch.Tensor, device, like):
-        from ..checkpoint import load_network_weights
-        from .inference import ct_scale_to_hu
+        from .inference import ct_scale_to_hu  # inference imports this module
 
         network = spec["network"]
         if name not in self._loaded:

@@ -21,6 +21,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from ..checkpoint import load_network_weights
 from ..data import LoadRadiographsd, is_radiograph_file, prepare_dataset, write_ct_dicom_series, write_nifti
 from ..physics import RadiographComposer, centred_affine
 from ..utils import atomic_write
@@ -262,8 +263,6 @@ class CTInferenceWorkflow:
 
     def load_weights(self) -> None:
         """Load ``ckpt_path`` into the network (``weights_only``, preset checked)."""
-        from ..checkpoint import load_network_weights
-
         if self.ckpt_path is None:
             raise ValueError(
                 "ckpt_path: no checkpoint given; set ckpt_path to a trained model (bundle/models/model.pt)."
