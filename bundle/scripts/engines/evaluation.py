@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai.metrics import SSIMMetric
 
 from ..checkpoint import load_network_weights
+from ..data import voxel_spacing
 from ..utils import atomic_write
 
 __all__ = ["CTEvaluation", "drr_consistency", "volume_metrics", "x2ct_metrics"]
@@ -80,8 +81,7 @@ def x2ct_metrics(pred_hu, target_hu, size: int = 128) -> dict[str, float]:
 def drr_consistency(composer, hu, views: torch.Tensor, view_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """DRRs ``(V, H, W)`` of an HU MetaTensor ``(1, X, Y, Z)`` (spacing from its affine) and the mean |DRR − view| per
     present view, keyed by view name (X-ray network scale)."""
-    affine = np.asarray(hu.affine, dtype=np.float64)
-    spacing = [float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0))]
+    spacing = voxel_spacing(hu)
     with torch.no_grad():
         drrs = composer(torch.as_tensor(hu).float().reshape(1, 1, *hu.shape[-3:]).cpu(), spacing)[0]  # (V, H, W)
     names = [str(v) for v in composer.renderer.geometry.views]
@@ -119,10 +119,10 @@ class CTEvaluation:
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self._loaded: set[str] = set()
 
-    def _score(self, hu, target, views, mask) -> dict[str, float]:
+    def _score(self, hu, target, views, mask, drr_errors: Mapping | None = None) -> dict[str, float]:
         scores = volume_metrics(hu, target, self.hu_window, self.ssim_window)
         scores.update(x2ct_metrics(hu, target, self.protocol_size))
-        _, errors = drr_consistency(self.composer, hu, views, mask)
+        errors = drr_errors if drr_errors is not None else drr_consistency(self.composer, hu, views, mask)[1]
         scores["drr_error"] = float(np.mean(list(errors.values())))
         return scores
 
@@ -139,7 +139,11 @@ class CTEvaluation:
             out = F.interpolate(out[None], size=tuple(like.shape[1:]), mode="trilinear", align_corners=False)[0]
         return like.clone().copy_(ct_scale_to_hu(out, self.hu_window))  # keeps the model output's affine
 
-    def __call__(self, name: str, data: Mapping, hu, device) -> dict[str, dict[str, float]]:
+    def __call__(
+        self, name: str, data: Mapping, hu, device, model_drr_errors: Mapping | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Scores of every method for one case; ``model_drr_errors``: the model CT's per-view DRR errors when the
+        caller has already rendered them (the inference workflow has, for its JSON)."""
         if "ct" not in data:
             raise ValueError("evaluation needs a CT input ('image') to compare with; this case has only radiographs.")
         target = torch.as_tensor(data["ct"]).float()
@@ -152,7 +156,10 @@ class CTEvaluation:
         methods = {"model": hu, "best_constant": constant}
         for baseline, spec in self.baselines.items():
             methods[baseline] = self._baseline(baseline, spec, views, mask, device, hu)
-        scores = {method: self._score(volume, target, views, mask) for method, volume in methods.items()}
+        scores = {
+            method: self._score(volume, target, views, mask, model_drr_errors if method == "model" else None)
+            for method, volume in methods.items()
+        }
         self.results[name] = scores
         return scores
 

@@ -22,7 +22,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ..checkpoint import load_network_weights
-from ..data import LoadRadiographsd, is_radiograph_file, prepare_dataset, write_ct_dicom_series, write_nifti
+from ..data import (
+    LoadRadiographsd,
+    is_radiograph_file,
+    prepare_dataset,
+    voxel_spacing,
+    write_ct_dicom_series,
+    write_nifti,
+)
 from ..physics import RadiographComposer, centred_affine
 from ..utils import atomic_write
 from .evaluation import drr_consistency
@@ -303,15 +310,16 @@ class CTInferenceWorkflow:
             write_nifti(targets["std"], std[0].numpy().astype(np.float32), affine, self.overwrite)
         if self.write_dicom:
             write_ct_dicom_series(targets["dicom"], hu[0], affine, "Generated CT (xray2ct)", self.overwrite)
-        drrs, errors = drr_consistency(self.composer, hu, torch.nan_to_num(views, nan=-1.0), mask)
+        filled = torch.nan_to_num(views, nan=-1.0)  # absent views as an unexposed detector
+        drrs, errors = drr_consistency(self.composer, hu, filled, mask)
         if self.save_preview:
-            save_preview(targets["preview"], hu[0], torch.nan_to_num(views, nan=-1.0), drrs, mask, self.overwrite)
+            save_preview(targets["preview"], hu[0], filled, drrs, mask, self.overwrite)
         summary = {
             "name": name,
             "input": "ct" if "ct" in data else "radiographs",
             "views": [str(v) for v, m in zip(self.composer.renderer.geometry.views, mask.tolist(), strict=True) if m],
             "shape": list(hu.shape[1:]),
-            "spacing_mm": [float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0))],
+            "spacing_mm": list(voxel_spacing(hu)),
             "num_samples": samples,
             "drr_error_per_view": errors,
             "drr_error": float(np.mean(list(errors.values()))),
@@ -320,7 +328,7 @@ class CTInferenceWorkflow:
             "files": {k: str(v.relative_to(self.output_dir)) for k, v in targets.items() if v.exists()},
         }
         if self.evaluation is not None:
-            summary["metrics"] = self.evaluation(name, data, hu, self.device)
+            summary["metrics"] = self.evaluation(name, data, hu, self.device, model_drr_errors=errors)
         text = json.dumps(summary, indent=2)
         atomic_write(targets["json"], lambda p: Path(p).write_text(text), self.overwrite)
         return summary
