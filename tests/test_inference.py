@@ -4,61 +4,35 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from conftest import ROOT, TINY_CONFIG, config_files, config_parser
+from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.data import MetaTensor
 from monai.transforms import Compose, ScaleIntensityRange
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from scripts.checkpoint import preset_record, save_checkpoint
-from scripts.data import prepare_dataset
-from scripts.engines import (
-    CTInferer,
-    CTOutputd,
-    ct_scale_to_hu,
-    orthogonal_slices,
-    views_and_mask,
-    volume_metrics,
-    x2ct_metrics,
-)
+from scripts.checkpoint import read_model_config, save_checkpoint
+from scripts.data import CTOutputd, prepare_dataset
+from scripts.engines import CTInferer, orthogonal_slices, views_and_mask, volume_metrics, x2ct_metrics
+from scripts.physics import ct_scale_to_hu
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
-ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
-TINY = {
-    "image_size": 16,
-    "stages": [
-        {"grid_size": 8, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
-        {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
-    ],
-    "encoder": ENCODER,
-    "geometry#detector_shape": [32, 32],
-    "geometry#pixel_spacing_mm": [17.6, 17.6],
-    "num_inference_steps": 2,
-    "progress_bar": False,
+#: The small baselines of the evaluation test.
+BASELINE_STAGES = {
+    "unet_3d": (
+        "baseline_unet3d.yaml",
+        [{"grid_size": 32, "decoder": "unet", "lift_channels": 4, "unet_features": [4, 4, 8, 8, 8, 4]}],
+    ),
+    "lifted_prior": ("baseline_lifted_prior.yaml", [{"grid_size": 16, "decoder": "linear", "lift_channels": 4}]),
 }
-BASELINES = {
-    "baseline_unet_3d#stages": [
-        {"grid_size": 32, "decoder": "unet", "lift_channels": 4, "unet_features": [4, 4, 8, 8, 8, 4]}
-    ],
-    "baseline_lifted_prior#stages": [{"grid_size": 16, "decoder": "linear", "lift_channels": 4}],
-    "protocol_size": 32,
-    "ssim_window": 3,
-}
-
-
-def _parser(files=("inference.yaml",), **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([os.path.join(CONFIGS, f) for f in files])
-    for key, value in {**TINY, **overrides}.items():
-        parser[key] = value
-    return parser
+#: What an inference run may set besides its inputs and outputs: sampling choices only. Everything that gives the
+#: weights their meaning (stages, encoder, geometry, HU window, ...) comes from the checkpoint.
+SAMPLING = {"num_inference_steps": 2, "progress_bar": False}
 
 
 @pytest.fixture(scope="module")
@@ -71,44 +45,50 @@ def dataset(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Untrained tiny cascade weights in the shipped format (``model`` + ``preset``)."""
-    parser = _parser()
+def _save_untrained(path, *files, **overrides):
+    """Untrained weights of common.yaml (+ ``files``) shrunk by TINY_CONFIG, in the shipped format."""
+    parser = config_parser(*files, **{**TINY_CONFIG, **overrides})
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, {"model": network.state_dict()}, preset=parser.get_parsed_content("preset_record"))
+    save_checkpoint(path, {"model": network.state_dict()}, model_config=parser.get_parsed_content("model_config"))
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Untrained small cascade weights (8³ -> 16³ over 320 mm, 32² detector) with their model config."""
+    return _save_untrained(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+def _inference_parser(ckpt, *files, **overrides) -> ConfigParser:
+    return config_parser("inference.yaml", *files, ckpt_path=str(ckpt), **{**SAMPLING, **overrides})
 
 
 def _run(tmp_path, dataset, ckpt, files=("inference.yaml",), **overrides):
     settings = {
-        **TINY,
+        **SAMPLING,
         "dataset_dir": str(dataset),
         "output_dir": str(tmp_path / "out"),
         "ckpt_path": str(ckpt),
         **overrides,
     }
-    workflow = ConfigWorkflow(
-        config_file=[os.path.join(CONFIGS, f) for f in files], workflow_type=None, run_id="run", **settings
-    )
+    workflow = ConfigWorkflow(config_file=config_files(*files), workflow_type=None, run_id="run", **settings)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
     return json.loads((tmp_path / "out" / "inference_report.json").read_text())
 
 
-def _network_and_views():
-    parser = _parser()
+def _network_and_views(ckpt):
+    parser = _inference_parser(ckpt)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
     views = torch.rand(1, 2, 32, 32) * 2 - 1
     return parser, network, views
 
 
-def test_sampler_is_deterministic_under_a_seed():
-    parser, network, views = _network_and_views()
+def test_sampler_is_deterministic_under_a_seed(checkpoint):
+    parser, network, views = _network_and_views(checkpoint)
     sampler = parser.get_parsed_content("sampler")
     first = CTInferer(sampler, num_samples=1, seed=3)(views, network)
     again = CTInferer(sampler, num_samples=1, seed=3)(views, network)
@@ -118,8 +98,8 @@ def test_sampler_is_deterministic_under_a_seed():
     assert not torch.allclose(first, other)
 
 
-def test_uncertainty_is_zero_for_one_sample_and_positive_for_several():
-    parser, network, views = _network_and_views()
+def test_uncertainty_is_zero_for_one_sample_and_positive_for_several(checkpoint):
+    parser, network, views = _network_and_views(checkpoint)
     sampler = parser.get_parsed_content("sampler")
     one = CTInferer(sampler, num_samples=1)(views, network)
     three = CTInferer(sampler, num_samples=3)(views, network)
@@ -198,7 +178,7 @@ def test_inference_workflow_writes_ct_uncertainty_dicom_preview_and_report(tmp_p
     report = _run(tmp_path, dataset, checkpoint, num_samples=2, write_dicom=True)
     assert [c["name"] for c in report["done"]] == ["case_0000", "case_0001", "case_0002"] and report["failed"] == []
     cases = json.loads((dataset / "datalist.json").read_text())["test"]
-    preprocess = Compose(_parser().get_parsed_content("ct_preprocessing"))
+    preprocess = Compose(_inference_parser(checkpoint).get_parsed_content("ct_preprocessing"))
     for i, case in enumerate(cases):
         folder = tmp_path / "out" / f"case_{i:04d}"
         ct = nib.load(folder / f"case_{i:04d}_ct.nii.gz")
@@ -289,37 +269,125 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
     np.testing.assert_allclose(affine[:3, 3], [-150.0, -150.0, -150.0])  # 16 voxels of 20 mm centred on 0
 
 
-def test_checkpoint_from_another_preset_is_refused_naming_both(tmp_path, dataset):
-    parser = _parser()
-    network = parser.get_parsed_content("network_def")
-    other = preset_record("quick_2stage", parser["stages"], ENCODER, 320.0, True)
-    path = tmp_path / "other.pt"
-    save_checkpoint(path, {"model": network.state_dict()}, preset=other)
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            {"prediction_type": "epsilon"},
+            "prediction_type: the checkpoint {path} was trained with 'v_prediction', this run gives 'epsilon'",
+        ),
+        (
+            {"geometry#source_to_detector_mm": 1100.0},
+            "geometry#source_to_detector_mm: the checkpoint {path} was trained with 949.0, this run gives 1100.0",
+        ),
+        (
+            {"hu_window": [-1024.0, 3071.0]},
+            "hu_window#0: the checkpoint {path} was trained with -1000.0, this run gives -1024.0",
+        ),
+        (
+            {"noise_schedule": "linear_beta"},
+            "noise_schedule: the checkpoint {path} was trained with 'scaled_linear_beta', this run gives 'linear_beta'",
+        ),
+        (
+            {"physics#mu_water_per_mm": 0.019},
+            "physics#mu_water_per_mm: the checkpoint {path} was trained with 0.0206, this run gives 0.019",
+        ),
+    ],
+)
+def test_a_setting_that_contradicts_the_shipped_model_is_refused_by_name(tmp_path, override, message):
+    """The shipped 0.2.0 checkpoint's records are read back; a contradicting override stops the run before any case."""
+    path = ROOT / "bundle" / "models" / "model.pt"
+    with pytest.raises(RuntimeError) as err:  # MONAI's config expression wraps the ValueError
+        _run(tmp_path, tmp_path, path, **override)  # no datalist is needed: the check runs first in initialize
+    assert isinstance(err.value.__cause__, ValueError)
+    text = str(err.value.__cause__)
+    assert text.startswith(message.format(path=path)) and "\n" not in text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "datalist.json").exists()
+
+
+def test_sampling_settings_stay_free_and_a_checkpoint_of_another_preset_runs_as_it_is(tmp_path, dataset):
+    """A checkpoint with other stages, encoder and geometry runs without naming its preset: inference builds from it."""
+    stages = [{"grid_size": 16, "patch_size": 4, "width": 32, "depth": 1, "heads": 2}]
+    path = _save_untrained(
+        tmp_path / "other.pt",
+        preset="custom",
+        stages=stages,
+        **{"geometry#detector_shape": [24, 24], "geometry#pixel_spacing_mm": [23.5, 23.5]},
+    )
+    report = _run(tmp_path, dataset, path, sampler_type="ddpm", num_inference_steps=3, num_samples=2)
+    assert len(report["done"]) == 3 and report["failed"] == []
+    assert report["done"][0]["shape"] == [16, 16, 16] and report["done"][0]["num_samples"] == 2
     with pytest.raises(RuntimeError) as err:
-        _run(tmp_path, dataset, path)
-    message = str(err.value.__cause__ or err.value)
-    assert str(path) in message and "'quick_2stage'" in message and "'tiny'" in message
+        _run(tmp_path, dataset, path, stages=[dict(stages[0], patch_size=2)])
+    assert str(err.value.__cause__).startswith(
+        f"stages#0#patch_size: the checkpoint {path} was trained with 4, this run gives 2"
+    )
+
+
+def test_default_inference_of_the_shipped_model_is_unchanged(tmp_path):
+    """Golden output: the shipped model on held-out phantom 1001 (2 DDIM steps per stage, seed 0), recorded with
+    0.2.0 before the configs were stacked and the settings read from the checkpoint.
+
+    Tolerances: the CT is written as int16 HU, and float32 network arithmetic differs between CPUs by a few ulp per
+    operation, which can flip a voxel's rounding by 1 HU; a slice mean therefore moves by at most 1 HU. A changed
+    setting moves it by tens to hundreds of HU.
+    """
+    golden = json.loads((ROOT / "tests" / "data" / "golden_inference_tiny_2steps.json").read_text())
+    run(
+        config_file=config_files("inference.yaml"),
+        dataset_dir=str(tmp_path / "data"),
+        output_dir=str(tmp_path / "out"),
+        demo_count=2,
+        demo_split=[0.5, 0.0, 0.5],
+        num_inference_steps=2,
+        save_preview=False,
+        progress_bar=False,
+    )
+    ct = nib.load(tmp_path / "out" / "case_0000" / "case_0000_ct.nii.gz")
+    np.testing.assert_allclose(
+        np.asarray(ct.dataobj).astype(np.float64).mean(axis=(0, 1)), golden["axial_mean_hu"], atol=1.0, rtol=0
+    )
+    np.testing.assert_allclose(ct.affine, golden["affine"], atol=1e-9, rtol=0)
+    summary = json.loads((tmp_path / "out" / "case_0000" / "case_0000.json").read_text())
+    for view, error in golden["drr_error_per_view"].items():
+        assert summary["drr_error_per_view"][view] == pytest.approx(error, abs=1e-3)
 
 
 def test_evaluation_scores_model_baselines_and_best_constant(tmp_path, dataset, checkpoint):
     files = ("inference.yaml", "evaluate.yaml")
-    parser = _parser(files, **BASELINES)
     baselines = tmp_path / "baselines"
-    for name, key in (("unet_3d", "baseline_unet_3d"), ("lifted_prior", "baseline_lifted_prior")):
-        network = parser.get_parsed_content(f"{key}#network_def")
-        save_checkpoint(
-            baselines / f"{name}.pt", {"model": network.state_dict()}, preset=parser.get_parsed_content(f"{key}#preset")
-        )
-    _run(tmp_path, dataset, checkpoint, files, baselines_dir=str(baselines), **BASELINES)
+    for name, (preset, stages) in BASELINE_STAGES.items():
+        saved = _save_untrained(baselines / f"{name}.pt", "train.yaml", f"stages/{preset}", stages=stages)
+        assert read_model_config(saved)["network"] == "LiftedRegressor"
+    _run(tmp_path, dataset, checkpoint, files, baselines_dir=str(baselines), protocol_size=32, ssim_window=3)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["cases"] == 3 and list(metrics["mean"]) == ["model", "best_constant", "lifted_prior", "unet_3d"]
     for scores in metrics["mean"].values():
         assert set(scores) == {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim"}
     # The best constant is the target's mean: its PSNR is set by the target's standard deviation in the window.
     case = json.loads((dataset / "datalist.json").read_text())["test"][0]
+    parser = _inference_parser(checkpoint)
     target = Compose(parser.get_parsed_content("ct_preprocessing"))({"image": str(dataset / case["image"])})["image"]
     std = float(target.clamp(-1000, 2000).double().std(unbiased=False))
     assert metrics["per_case"]["case_0000"]["best_constant"]["psnr"] == pytest.approx(
         20 * math.log10(3000 / std), abs=0.05
     )
     assert "x2ct_psnr" in metrics["definitions"]
+
+
+def test_a_baseline_trained_on_other_views_is_refused(tmp_path, dataset, checkpoint):
+    """A baseline must read the views as the model does: another geometry is refused, naming the setting."""
+    baselines = tmp_path / "baselines"
+    for name, (preset, stages) in BASELINE_STAGES.items():
+        other = {"geometry#source_to_isocenter_mm": 600.0} if name == "lifted_prior" else {}
+        _save_untrained(baselines / f"{name}.pt", "train.yaml", f"stages/{preset}", stages=stages, **other)
+    files = ("inference.yaml", "evaluate.yaml")
+    with pytest.raises(RuntimeError) as err:  # it fails every case, so the run fails
+        _run(tmp_path, dataset, checkpoint, files, baselines_dir=str(baselines), protocol_size=32, ssim_window=3)
+    assert "every case failed (3)" in str(err.value.__cause__)
+    report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
+    assert report["failed"][0]["error"] == (
+        f"ValueError: geometry#source_to_isocenter_mm: the checkpoint {baselines / 'lifted_prior.pt'} was trained "
+        "with 600.0, this run gives 541.0; it is part of what the weights mean and comes from the checkpoint, so "
+        "leave it unset (sampling settings stay free)."
+    )

@@ -1,8 +1,9 @@
 """Data: synthetic chest phantoms, CT and radiograph readers, preprocessing and on-the-fly X-ray rendering."""
 
+from .cases import INPUT_KEYS, CTOutputd, XrayInputsd, load_cases
 from .io import CT_SUFFIXES, find_ct_sources, load_ct, write_ct_dicom_series, write_nifti
 from .phantom import PHANTOM_LABELS, synthetic_chest_ct
-from .prepare import prepare_dataset, split_cases
+from .prepare import ensure_dataset, prepare_dataset, split_cases
 from .radiograph import (
     DEFAULT_LINE_INTEGRAL_RANGES,
     RADIOGRAPH_MODALITIES,
@@ -16,6 +17,11 @@ from .transforms import CropOrPadToFieldOfViewd, RenderXrayd, StageResized, Vali
 
 __all__ = [
     "CT_SUFFIXES",
+    "CTOutputd",
+    "INPUT_KEYS",
+    "XrayInputsd",
+    "ensure_dataset",
+    "load_cases",
     "DEFAULT_LINE_INTEGRAL_RANGES",
     "CropOrPadToFieldOfViewd",
     "PHANTOM_LABELS",

@@ -28,7 +28,7 @@ from ..utils import atomic_write
 from .io import find_ct_sources, load_ct, write_nifti
 from .phantom import phantom_spacing, synthetic_chest_ct
 
-__all__ = ["prepare_dataset", "split_cases"]
+__all__ = ["ensure_dataset", "prepare_dataset", "split_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,4 +171,29 @@ def prepare_dataset(
     atomic_write(out / "prepare_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)), True)
     atomic_write(datalist_path, lambda p: Path(p).write_text(json.dumps(datalist, indent=2)), overwrite)
     logger.info("prepare: %d cases in %s (%d failed)", len(cases), out, len(failures))
+    return datalist
+
+
+def ensure_dataset(
+    dataset_dir: str | os.PathLike, required: Sequence[str] = ("training", "validation"), **prepare_kwargs
+) -> Path:
+    """``dataset_dir/datalist.json``, prepared first (synthetic phantoms by default, :func:`prepare_dataset` with
+    ``prepare_kwargs``) when it does not exist; each list of ``required`` must hold cases.
+
+    Raises:
+        ValueError: naming the datalist, when it is unreadable or a required list is missing or empty.
+    """
+    datalist = Path(dataset_dir) / "datalist.json"
+    if not datalist.exists():
+        prepare_dataset(dataset_dir, **prepare_kwargs)
+    try:
+        content = json.loads(datalist.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"dataset_dir: {datalist} is not a readable datalist ({err}).") from None
+    for key in required:
+        if not isinstance(content, dict) or not content.get(key):
+            raise ValueError(
+                f"dataset_dir: {datalist} has no {key!r} cases; this workflow needs {list(required)} "
+                "(prepare at least 2 cases for training)."
+            )
     return datalist

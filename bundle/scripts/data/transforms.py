@@ -12,9 +12,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.networks.layers import separable_filtering
 from monai.transforms import Affine, BorderPad, MapTransform, Randomizable, Resize, SpatialCrop
 
 from ..physics import RadiographComposer, line_integral_to_network
@@ -263,11 +263,7 @@ def _gaussian_blur(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
     radius = max(1, int(math.ceil(3.0 * sigma_px)))
     x = torch.arange(-radius, radius + 1, dtype=image.dtype)
     kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
-    kernel = kernel / kernel.sum()
-    out = image[:, None]  # (V, 1, H, W)
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return out[:, 0]
+    return separable_filtering(image[:, None], [kernel / kernel.sum()] * 2, mode="replicate")[:, 0]  # (V, H, W)
 
 
 class StageResized(MapTransform):

@@ -1,56 +1,34 @@
-"""Engines: diffusion objectives over MONAI schedulers, the DRR consistency loss, the cascade trainer."""
+"""Engines: diffusion objectives over MONAI schedulers, the DRR consistency loss, the cascade trainer, sampling,
+inference and evaluation."""
 
-from .checkpointing import AtomicCheckpointSaver, ResumableRandomSampler, TrainingStateHandler
 from .evaluation import CTEvaluation, drr_consistency, volume_metrics, x2ct_metrics
-from .inference import CTInferenceWorkflow, CTOutputd, XrayInputsd, ct_scale_to_hu, ensure_cases, load_cases
+from .inference import CTInferenceWorkflow
 from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
 from .preview import orthogonal_slices, save_preview
 from .sampler import CascadeSampler, CTInferer, RegressionInferer, views_and_mask
-from .settings import check_training_settings
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
-from .workflow import (
-    DRRPreviewHandler,
-    StageBatch,
-    drr_error_pairs,
-    ensure_dataset,
-    load_earlier_stages,
-    stage_checkpoint,
-    write_run_config,
-)
+from .workflow import DRRPreviewHandler, StageBatch, drr_error_pairs
 
 __all__ = [
-    "AtomicCheckpointSaver",
-    "ResumableRandomSampler",
-    "TrainingStateHandler",
-    "check_training_settings",
     "CTEvaluation",
     "CTInferenceWorkflow",
     "CTInferer",
-    "CTOutputd",
+    "CascadeDiffusionTrainer",
+    "CascadeSampler",
+    "DRRConsistencyLoss",
+    "DRRPreviewHandler",
+    "DiffusionObjective",
+    "PREDICTION_TYPES",
     "RegressionInferer",
     "RegressionObjective",
-    "XrayInputsd",
-    "ct_scale_to_hu",
+    "StageBatch",
     "drr_consistency",
-    "ensure_cases",
-    "load_cases",
+    "drr_error_pairs",
+    "freeze_for_stage",
     "orthogonal_slices",
     "save_preview",
     "views_and_mask",
     "volume_metrics",
     "x2ct_metrics",
-    "CascadeDiffusionTrainer",
-    "CascadeSampler",
-    "DRRConsistencyLoss",
-    "DiffusionObjective",
-    "PREDICTION_TYPES",
-    "DRRPreviewHandler",
-    "StageBatch",
-    "drr_error_pairs",
-    "ensure_dataset",
-    "freeze_for_stage",
-    "load_earlier_stages",
-    "stage_checkpoint",
-    "write_run_config",
 ]

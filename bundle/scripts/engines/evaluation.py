@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import SSIMMetric
 
-from ..checkpoint import load_network_weights
+from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
 from ..data import voxel_spacing
+from ..physics import ct_scale_to_hu
 from ..utils import atomic_write
+from .sampler import CTInferer, RegressionInferer
 
 __all__ = ["CTEvaluation", "drr_consistency", "volume_metrics", "x2ct_metrics"]
 
@@ -95,9 +97,14 @@ class CTEvaluation:
     For every case with a CT input it scores the model's CT, each baseline's and the best constant volume against
     the preprocessed input CT, and ``finish`` writes ``metrics.json`` (per case and mean per method).
 
+    A baseline is a regression checkpoint (``configs/stages/baseline_*.yaml``); its network is built from the model
+    config it carries, which must agree with the model's on what the views mean (geometry, physics, field of view,
+    HU window): both see the same inputs.
+
     Args:
         composer: the DRR renderer of the consistency metric; hu_window: the metrics' HU window.
-        baselines: name -> ``{"network", "inferer", "ckpt_path", "preset"}``; each runs on the same views.
+        baselines: name -> checkpoint path; each runs on the same views.
+        model_config: the evaluated model's config (the baselines are checked against it; ``None``: not checked).
         ssim_window: 3D SSIM window (voxels); protocol_size: grid of the biplanar protocol metrics.
     """
 
@@ -105,19 +112,18 @@ class CTEvaluation:
         self,
         composer,
         hu_window: Sequence[float],
-        baselines: Mapping[str, Mapping] | None = None,
+        baselines: Mapping[str, str | os.PathLike] | None = None,
+        model_config: Mapping | None = None,
         ssim_window: int = 7,
         protocol_size: int = 128,
     ) -> None:
         self.composer, self.hu_window = composer, tuple(map(float, hu_window))
-        self.baselines = dict(baselines or {})
-        for name, spec in self.baselines.items():
-            missing = [k for k in ("network", "inferer", "ckpt_path") if k not in spec]
-            if missing:
-                raise ValueError(f"baselines.{name}: missing {missing}.")
+        self.baselines = {name: Path(path) for name, path in (baselines or {}).items()}
+        self.model_config = model_config
+        self._networks: dict[str, torch.nn.Module] = {}
+        self.inferer = CTInferer(RegressionInferer())
         self.ssim_window, self.protocol_size = int(ssim_window), int(protocol_size)
         self.results: dict[str, dict[str, dict[str, float]]] = {}
-        self._loaded: set[str] = set()
 
     def _score(self, hu, target, views, mask, drr_errors: Mapping | None = None) -> dict[str, float]:
         scores = volume_metrics(hu, target, self.hu_window, self.ssim_window)
@@ -126,15 +132,26 @@ class CTEvaluation:
         scores["drr_error"] = float(np.mean(list(errors.values())))
         return scores
 
-    def _baseline(self, name: str, spec: Mapping, views: torch.Tensor, mask: torch.Tensor, device, like):
-        from .inference import ct_scale_to_hu  # inference imports this module
+    def _network(self, name: str, device) -> torch.nn.Module:
+        """The baseline ``name``, built from its checkpoint's model config and loaded (once)."""
+        if name not in self._networks:
+            path = self.baselines[name]
+            record = read_model_config(path)
+            if record["prediction_type"] != "regression":
+                raise ValueError(f"baselines.{name}: {path} is not a regression baseline ({record['prediction_type']}).")
+            if self.model_config is not None:  # the same views must mean the same thing to both
+                shared = ("geometry", "physics", "fov_mm", "hu_window")
+                check_model_config(
+                    {k: record[k] for k in shared}, {k: self.model_config[k] for k in shared}, path
+                )
+            network = build_network(record)
+            load_network_weights(network, path, None)
+            self._networks[name] = network.to(device).eval()
+        return self._networks[name]
 
-        network = spec["network"]
-        if name not in self._loaded:
-            load_network_weights(network, spec["ckpt_path"], spec.get("preset"), keys=("model", "ema", "network"))
-            network.to(device).eval()
-            self._loaded.add(name)
-        out = spec["inferer"](views[None].to(device), network, view_mask=mask[None].to(device))[0, :1].cpu()
+    def _baseline(self, name: str, views: torch.Tensor, mask: torch.Tensor, device, like):
+        network = self._network(name, device)
+        out = self.inferer(views[None].to(device), network, view_mask=mask[None].to(device))[0, :1].cpu()
         if tuple(out.shape[1:]) != tuple(like.shape[1:]):
             out = F.interpolate(out[None], size=tuple(like.shape[1:]), mode="trilinear", align_corners=False)[0]
         return like.clone().copy_(ct_scale_to_hu(out, self.hu_window))  # keeps the model output's affine
@@ -154,8 +171,8 @@ class CTEvaluation:
         low, high = self.hu_window
         constant = hu.clone().fill_(float(target.clamp(low, high).mean()))
         methods = {"model": hu, "best_constant": constant}
-        for baseline, spec in self.baselines.items():
-            methods[baseline] = self._baseline(baseline, spec, views, mask, device, hu)
+        for baseline in self.baselines:
+            methods[baseline] = self._baseline(baseline, views, mask, device, hu)
         scores = {
             method: self._score(volume, target, views, mask, model_drr_errors if method == "model" else None)
             for method, volume in methods.items()

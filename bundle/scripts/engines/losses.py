@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..physics import RadiographComposer
+from ..physics import RadiographComposer, ct_scale_to_hu
 
 __all__ = ["DRRConsistencyLoss"]
 
@@ -40,10 +40,7 @@ class DRRConsistencyLoss(nn.Module):
             raise ValueError(f"physics_loss_weight must be a non-negative number, got {weight!r}.")
         if not (isinstance(timestep_gate, (int, float)) and 0 < timestep_gate <= 1):
             raise ValueError(f"physics_timestep_gate must be in (0, 1], got {timestep_gate!r}.")
-        low, high = float(hu_window[0]), float(hu_window[1])
-        if not high > low:
-            raise ValueError(f"hu_window must be (low, high) with high > low, got {hu_window!r}.")
-        self.composer, self.hu_window = composer, (low, high)
+        self.composer, self.hu_window = composer, tuple(map(float, hu_window))
         self.weight, self.timestep_gate = float(weight), float(timestep_gate)
 
     def forward(
@@ -57,8 +54,7 @@ class DRRConsistencyLoss(nn.Module):
     ) -> torch.Tensor:
         """Args: ``x0_hat (B, 1, X, Y, Z)`` CT scale, ``xray (B, V, H, W)`` network scale, ``t (B,)``,
         ``spacing_mm`` of the stage grid, ``view_mask (B, V)``. Returns a scalar (0 when no sample qualifies)."""
-        low, high = self.hu_window
-        hu = (x0_hat.float() + 1.0) * (0.5 * (high - low)) + low  # (B, 1, X, Y, Z)
+        hu = ct_scale_to_hu(x0_hat.float(), self.hu_window)  # (B, 1, X, Y, Z)
         gate = (t.float() / num_train_timesteps <= self.timestep_gate).float()  # (B,)
         if self.weight == 0 or not bool(gate.any()):
             return x0_hat.sum() * 0.0  # keeps the graph (and DDP) intact

@@ -13,7 +13,7 @@ import torch
 from monai.inferers import Inferer
 from tqdm import tqdm
 
-from ..networks import XrayToCTCascade
+from ..networks import XrayToCTCascade, unwrap
 
 __all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "views_and_mask"]
 
@@ -115,7 +115,7 @@ class CascadeSampler(Inferer):
         ``previous`` replaces the first requested stage's conditioning (e.g. the ground truth on the previous grid
         when validating one stage of a progressive run).
         """
-        net = network.module if hasattr(network, "module") else network
+        net = unwrap(network)
         stages = self.stages if self.stages is not None else list(range(net.num_stages))
         if generator is None and self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed)

@@ -12,7 +12,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from ..networks import XrayToCTCascade
+from ..networks import CascadeLike, XrayToCTCascade, check_stage, unwrap
 from .losses import DRRConsistencyLoss
 from .objective import DiffusionObjective
 from .sampler import CascadeSampler
@@ -26,8 +26,7 @@ def freeze_for_stage(network: XrayToCTCascade, stage: int) -> None:
     Stage 0 trains the encoder with it; later stages must not change it, or the frozen earlier stages would see
     different X-ray features than they were trained with. ``stage = -1`` unfreezes everything (joint fine-tuning).
     """
-    if not -1 <= stage < network.num_stages:
-        raise ValueError(f"stage must be -1 (joint) or in [0, {network.num_stages - 1}], got {stage}.")
+    check_stage(network.num_stages, stage, joint=True)
     for p in network.parameters():
         p.requires_grad_(stage == -1)
     if stage >= 0:
@@ -83,14 +82,11 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         # otherwise keep moving them by momentum and weight decay.
         kwargs.setdefault("optim_set_to_none", True)
         super().__init__(*args, **kwargs)
-        network = self.network.module if hasattr(self.network, "module") else self.network
+        network = unwrap(self.network)
         # The cascade, or a network with its training interface (the regression baselines, networks.LiftedRegressor).
-        if not isinstance(network, XrayToCTCascade) and not all(
-            hasattr(network, a) for a in ("encode", "grid_size", "num_stages", "stage_configs", "stages", "encoder")
-        ):
-            raise ValueError(f"network must be an XrayToCTCascade, got {type(network).__name__}.")
-        if not -1 <= stage < network.num_stages:
-            raise ValueError(f"stage must be -1 (joint) or in [0, {network.num_stages - 1}], got {stage}.")
+        if not isinstance(network, CascadeLike):
+            raise ValueError(f"network must be CascadeLike (e.g. an XrayToCTCascade), got {type(network).__name__}.")
+        check_stage(network.num_stages, stage, joint=True)
         if not (math.isfinite(cond_noise_max) and cond_noise_max >= 0):
             raise ValueError(f"cond_noise_max must be a non-negative number, got {cond_noise_max!r}.")
         if clip_grad_norm is not None and not clip_grad_norm > 0:

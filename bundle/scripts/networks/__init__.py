@@ -5,10 +5,12 @@ from .blocks import ATTENTION_MODES, DiTBlock, TimestepEmbedder
 from .cascade import STAGE_KEYS, XrayToCTCascade
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
+from .interface import CascadeLike, check_stage, unwrap
 from .lifting import DepthLifting, ResolutionDepthPriors, backproject, voxel_centres
 
 __all__ = [
     "ATTENTION_MODES",
+    "CascadeLike",
     "DepthLifting",
     "DiTBlock",
     "HybridViT3D",
@@ -20,5 +22,7 @@ __all__ = [
     "XrayEncoding",
     "XrayToCTCascade",
     "backproject",
+    "check_stage",
+    "unwrap",
     "voxel_centres",
 ]

@@ -8,11 +8,10 @@ decoder that regresses the CT directly (no diffusion):
 * ``decoder="linear"``: a per-voxel linear read-out (1×1×1 convolution) — "the lifted prior alone": what the
   back-projected features say about the CT before any 3D network reasons about them.
 
-The module exposes the small interface the training workflow uses (``encoder``, ``stages``, ``num_stages``,
-``grid_size``, ``stage_configs``, ``encode``, and ``forward(x_t, t, xray, stage, previous, view_mask)``), so it is
-trained by ``configs/train.yaml`` unchanged apart from the network, the objective (``RegressionObjective``) and the
-validation inferer (``RegressionInferer``); see ``configs/stages/baseline_*.yaml``. ``x_t`` and ``t`` are accepted
-and ignored: the regression has no noisy input.
+It is :class:`~scripts.networks.CascadeLike` and takes the cascade's constructor arguments (one stage entry), so
+``configs/train.yaml`` trains it with ``network_def#_target_`` switched, the objective (``RegressionObjective``) and
+the validation inferer (``RegressionInferer``); see ``configs/stages/baseline_*.yaml``. ``x_t`` and ``t`` are
+accepted and ignored: the regression has no noisy input.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from torch import nn
 
 from ..physics import ProjectionGeometry
 from .encoder import XrayEncoder, XrayEncoding
+from .interface import check_stage
 from .lifting import DepthLifting
 
 __all__ = ["LiftedRegressor"]
@@ -40,28 +40,39 @@ class LiftedRegressor(nn.Module):
     Args:
         geometry: the projection geometry (the renderer's).
         fov_mm: field of view of the output grid (mm, cubic).
-        grid_size: output grid (voxels per edge, cubic).
+        stages: one entry: ``grid_size`` (voxels per edge, cubic), ``decoder`` (``"unet"`` or ``"linear"``, see the
+            module docstring), ``lift_channels`` (channels of the lifted volume, default 16), ``unet_features``
+            (``BasicUNet`` features, six numbers, for ``decoder="unet"``).
         encoder: XrayEncoder keyword arguments (views and image size come from the geometry).
-        decoder: ``"unet"`` or ``"linear"`` (see the module docstring).
-        lift_channels: channels of the lifted volume.
-        unet_features: ``BasicUNet`` features (six numbers) for ``decoder="unet"``.
+        use_depth_lifting: must be true: the lifted features are the regressor's only input.
+        gradient_checkpointing: accepted for the cascade's signature; the regressors are small and do not use it.
     """
 
     def __init__(
         self,
         geometry: ProjectionGeometry,
         fov_mm: float,
-        grid_size: int,
+        stages: Sequence[Mapping],
         encoder: Mapping | None = None,
-        decoder: Literal["unet", "linear"] = "unet",
-        lift_channels: int = 16,
-        unet_features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+        use_depth_lifting: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if len(stages) != 1 or not isinstance(stages[0], Mapping):
+            raise ValueError(f"stages must hold one stage entry for a regressor, got {stages!r}.")
+        unknown = sorted(set(stages[0]) - {"grid_size", "decoder", "lift_channels", "unet_features"})
+        if unknown:
+            raise ValueError(f"stages[0]: unknown keys {unknown} for a regressor.")
+        if not use_depth_lifting:
+            raise ValueError("use_depth_lifting must be true for a regressor: the lifted features are its input.")
+        grid_size = stages[0].get("grid_size")
+        decoder: Literal["unet", "linear"] = stages[0].get("decoder", "unet")
+        lift_channels = stages[0].get("lift_channels", 16)
+        unet_features = stages[0].get("unet_features", (16, 16, 32, 64, 128, 16))
         if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
+            raise ValueError(f"stages[0].decoder must be one of {DECODERS}, got {decoder!r}.")
         if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral) or grid_size < 8:
-            raise ValueError(f"grid_size must be an integer of at least 8 voxels, got {grid_size!r}.")
+            raise ValueError(f"stages[0].grid_size must be an integer of at least 8 voxels, got {grid_size!r}.")
         if not isinstance(fov_mm, numbers.Real) or not fov_mm > 0:
             raise ValueError(f"fov_mm must be a positive length in mm, got {fov_mm!r}.")
         encoder_kwargs = dict(encoder or {})
@@ -105,8 +116,7 @@ class LiftedRegressor(nn.Module):
         encoding: XrayEncoding | None = None,
     ) -> torch.Tensor:
         """``(B, 1, X, Y, Z)`` CT estimate on the CT scale; ``x_t``, ``t`` and ``previous`` are ignored."""
-        if stage != 0:
-            raise ValueError(f"stage must be 0 for a single-stage regressor, got {stage}.")
+        check_stage(1, stage)
         if encoding is None:
             if xray is None:
                 raise ValueError("xray or encoding must be given.")

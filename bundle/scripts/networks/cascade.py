@@ -15,6 +15,7 @@ from ..physics import ProjectionGeometry
 from .blocks import ATTENTION_MODES
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
+from .interface import check_stage
 from .lifting import DepthLifting
 
 __all__ = ["STAGE_KEYS", "XrayToCTCascade", "resample_previous"]
@@ -199,8 +200,7 @@ class XrayToCTCascade(nn.Module):
         state dicts load as usual. The denoiser scripts (``torch.jit.script``); the encoder and the depth lifting
         that produce its inputs stay in Python (``stage<s>_denoiser_data_format`` in ``configs/metadata.json``).
         """
-        if not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        check_stage(self.num_stages, stage)
         denoiser = copy.deepcopy(self.stages[stage]["denoiser"])
         hook = functools.partial(_keep_cascade_entries, cascade_prefix=f"stages.{stage}.denoiser.")
         denoiser.register_load_state_dict_pre_hook(hook)
@@ -228,8 +228,7 @@ class XrayToCTCascade(nn.Module):
             ``(B, C_l, X, Y, Z)`` lifted prior (with depth lifting) and ``(B, 1, X, Y, Z)`` previous volume on this
             stage's grid (``stage > 0``); an empty list for a first stage without lifting.
         """
-        if not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        check_stage(self.num_stages, stage)
         grid = self.stage_configs[stage]["grid_size"]
         if stage > 0:
             if previous is None:
@@ -271,8 +270,7 @@ class XrayToCTCascade(nn.Module):
         Returns:
             ``(B, 1, X, Y, Z)`` the prediction (v or ε, as trained).
         """
-        if not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage must be in [0, {self.num_stages - 1}], got {stage}.")
+        check_stage(self.num_stages, stage)
         grid = self.stage_configs[stage]["grid_size"]
         if x_t.dim() != 5 or x_t.shape[1] != 1 or tuple(x_t.shape[2:]) != grid:
             raise ValueError(

@@ -10,6 +10,8 @@ from .composer import RadiographComposer
 from .geometry import VIEW_ANGLES_DEG, ProjectionGeometry, Rays, centred_affine
 from .intensity import (
     beer_lambert,
+    ct_scale_to_hu,
+    hu_to_ct_scale,
     hu_to_mu,
     line_integral_from_intensity,
     line_integral_to_network,
@@ -29,6 +31,8 @@ __all__ = [
     "VIEW_ANGLES_DEG",
     "beer_lambert",
     "centred_affine",
+    "ct_scale_to_hu",
+    "hu_to_ct_scale",
     "ellipsoid_line_integrals",
     "hu_to_mu",
     "line_integral_from_intensity",

@@ -8,6 +8,8 @@ Equations (all element-wise):
 * inverse Beer–Lambert:    p = −ln(I / I₀)
 * network image scale:     x = 2 · p / p_max − 1   (fixed p_max; never a per-image maximum, so that an image keeps
                            the physical scale that the DRR consistency loss compares against)
+* CT scale:                c = 2 · (HU − lo) / (hi − lo) − 1 over the fixed HU window [lo, hi] (the networks'
+                           volumes; ``ScaleIntensityRanged`` in the configs), HU = (c + 1) · (hi − lo) / 2 + lo
 
 μ_water depends on the effective beam energy; 0.0206 /mm is water at about 60 keV (NIST XCOM: 0.2059 cm²/g),
 typical of a chest radiograph at 110–125 kVp. The value lives in the bundle configs, not here.
@@ -26,6 +28,8 @@ __all__ = [
     "line_integral_from_intensity",
     "line_integral_to_network",
     "network_to_line_integral",
+    "ct_scale_to_hu",
+    "hu_to_ct_scale",
 ]
 
 
@@ -67,3 +71,22 @@ def line_integral_to_network(line_integral: torch.Tensor, max_line_integral: flo
 def network_to_line_integral(image: torch.Tensor, max_line_integral: float) -> torch.Tensor:
     """Inverse of :func:`line_integral_to_network`: ``p = (x + 1)·p_max/2``."""
     return (image + 1.0) * (0.5 * _positive(max_line_integral, "max_line_integral"))
+
+
+def _window(hu_window) -> tuple[float, float]:
+    low, high = float(hu_window[0]), float(hu_window[1])
+    if not high > low:
+        raise ValueError(f"hu_window must be (low, high) in HU with high > low, got {hu_window!r}.")
+    return low, high
+
+
+def ct_scale_to_hu(x: torch.Tensor, hu_window) -> torch.Tensor:
+    """CT numbers (HU) from the networks' CT scale over the fixed ``hu_window``: −1 -> low, +1 -> high."""
+    low, high = _window(hu_window)
+    return (x + 1.0) * (0.5 * (high - low)) + low
+
+
+def hu_to_ct_scale(hu: torch.Tensor, hu_window) -> torch.Tensor:
+    """The networks' CT scale from CT numbers (HU); the inverse of :func:`ct_scale_to_hu` (not clipped)."""
+    low, high = _window(hu_window)
+    return (hu - low) * (2.0 / (high - low)) - 1.0

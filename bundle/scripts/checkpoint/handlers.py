@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic, finite-only, with their preset and config; the full training state for resuming.
+"""Training checkpoints: atomic, finite-only, with their model config; the full training state for resuming.
 
 * :class:`AtomicCheckpointSaver` — MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``) writing atomically.
 * :class:`TrainingStateHandler` — every ``checkpoint_interval`` iterations, everything a run needs to continue
@@ -15,14 +15,18 @@ from collections.abc import Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 from monai.transforms import Compose, Randomizable
+from monai.utils import str2bool
 
-from ..checkpoint import check_preset, load_checkpoint, save_checkpoint
+from ..networks import unwrap
+from .files import load_checkpoint, save_checkpoint
+from .model_config import check_model_config, read_model_config
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -34,21 +38,9 @@ __all__ = [
 ]
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if _distributed() else 0
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if _distributed() else 1
-
-
 def is_main_process() -> bool:
     """True outside ``torch.distributed`` and on its rank 0: the process that writes files."""
-    return _rank() == 0
+    return idist.get_rank() == 0
 
 
 class _Record:
@@ -79,8 +71,8 @@ class _AtomicDiskSaver(BaseSaveHandler):
         if not is_main_process():
             return
         content = dict(checkpoint)
-        preset, config = content.pop("preset", None), content.pop("config", None)
-        save_checkpoint(self.dirname / (self.filename or filename), content, preset, config)
+        model_config, config = content.pop("model_config", None), content.pop("config", None)
+        save_checkpoint(self.dirname / (self.filename or filename), content, model_config, config)
 
     def remove(self, filename: str) -> None:
         if self.filename is None and is_main_process():
@@ -96,21 +88,24 @@ class AtomicCheckpointSaver(CheckpointSaver):
       SIGKILL) leaves the previous checkpoint or the new one (MONAI's own saver writes in place, after deleting the
       file it replaces);
     * a checkpoint whose tensors hold NaN or Inf is refused with a ``ValueError`` (the previous file is kept);
-    * each checkpoint carries ``preset`` (:func:`scripts.checkpoint.preset_record`) and ``config`` entries next to
-      the state dicts, so a single-object ``save_dict`` is written as ``{name: state_dict, "preset", "config"}``;
+    * each checkpoint carries ``model_config`` (:func:`scripts.checkpoint.model_config`) and ``config`` entries next
+      to the state dicts, so a single-object ``save_dict`` is written as ``{name: state_dict, "model_config",
+      "config"}``;
     * only rank 0 writes under ``torch.distributed``;
     * :meth:`state_dict` returns the best-metric history (the pair of MONAI's :meth:`load_state_dict`), so that a
       resumed training does not overwrite a better ``model_best.pt``.
 
     Args:
-        preset: the network's preset record.
-        config: the settings that produced the checkpoint.
+        model_config: what the weights mean.
+        config: the settings of the run that produced the checkpoint.
         args, kwargs: ``monai.handlers.CheckpointSaver`` arguments.
     """
 
-    def __init__(self, *args: Any, preset: Mapping | None = None, config: Mapping | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, model_config: Mapping | None = None, config: Mapping | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.save_dict = {**self.save_dict, "preset": _Record(preset), "config": _Record(config)}
+        self.save_dict = {**self.save_dict, "model_config": _Record(model_config), "config": _Record(config)}
         fixed = {"_final_checkpoint": self._final_filename, "_key_metric_checkpoint": kwargs.get("key_metric_filename")}
         for attr in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
             checkpoint = getattr(self, attr)
@@ -221,28 +216,16 @@ def set_rng_state(state: Mapping, transform: Any = None) -> None:
         t.R.set_state(_numpy_tuple(s))
 
 
-def _flag(name: str, value: Any) -> bool:
-    """A boolean setting; the command line gives ``--resume true`` as the string ``'true'``."""
-    text = str(value).strip().lower()
-    if isinstance(value, bool) or text in ("true", "false"):
-        return text == "true"
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
-
-
-def _unwrap(obj: Any) -> Any:
-    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
-
-
 class TrainingStateHandler:
     """Write the whole training state every ``interval`` iterations, and resume from it.
 
     The file (``stage_dir/training_state.pt``; one, replaced atomically) holds the trainer's iteration, epoch length
     and counters, every object of ``objects`` (network, EMA model, optimizer, LR scheduler, sampler, best-metric
     saver), the random streams (:func:`rng_state`, including the training transform's and the DataLoader
-    generator), and the preset and config. It is written after the iteration's other handlers (EMA update, LR step)
-    and never with NaN or Inf in it. With ``resume``, it is read at ``Events.STARTED`` (``weights_only=True``, preset
-    checked) so that the run continues at the next iteration exactly as the uninterrupted run would have — the
-    same batches, noise, weights and optimizer moments. Exact with ``num_workers: 0``; with DataLoader workers the
+    generator), and the model and run configs. It is written after the iteration's other handlers (EMA update, LR
+    step) and never with NaN or Inf in it. With ``resume``, it is read at ``Events.STARTED`` (``weights_only=True``,
+    model config checked) so that the run continues at the next iteration exactly as the uninterrupted run would
+    have — the same batches, noise, weights and optimizer moments. Exact with ``num_workers: 0``; with DataLoader workers the
     augmentation draws of the epoch in which training resumes differ (workers reseed per epoch), later epochs
     match. Under DDP every rank's random streams are gathered and restored (only rank 0 writes, every rank reads);
     ``DistributedSampler`` keeps no position, so an epoch resumed mid-way restarts from its first batches.
@@ -256,7 +239,7 @@ class TrainingStateHandler:
         interval: iterations between writes; 0 turns writing off.
         resume: continue from ``path`` (it must exist).
         transform: the training transform, whose random transforms' streams are saved.
-        preset: this config's preset record (checked on resume) and ``config``: recorded in the file.
+        model_config: this run's model config (checked on resume) and ``config``: recorded in the file.
     """
 
     def __init__(
@@ -266,13 +249,14 @@ class TrainingStateHandler:
         interval: int = 0,
         resume: bool = False,
         transform: Any = None,
-        preset: Mapping | None = None,
+        model_config: Mapping | None = None,
         config: Mapping | None = None,
     ) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
             raise ValueError(f"checkpoint_interval must be a non-negative integer (0: off), got {interval!r}.")
-        resume = _flag("resume", resume)
-        reserved = {"trainer", "rng", "dataloader_generator", "preset", "config"} & set(objects)
+        # The command line gives `--resume true` as a string; str2bool also refuses anything but a yes/no word.
+        resume = resume if isinstance(resume, bool) else str2bool(resume)
+        reserved = {"trainer", "rng", "dataloader_generator", "model_config", "config"} & set(objects)
         if reserved:
             raise ValueError(f"objects: names {sorted(reserved)} are reserved for the training state.")
         stateless = [k for k, v in objects.items() if not (hasattr(v, "state_dict") and hasattr(v, "load_state_dict"))]
@@ -280,7 +264,7 @@ class TrainingStateHandler:
             logging.getLogger(__name__).warning(f"objects.{name} has no state_dict(); it is not part of the state.")
         objects = {k: v for k, v in objects.items() if k not in stateless}
         self.path, self.objects, self.interval, self.resume = Path(path), objects, interval, resume
-        self.transform, self.preset, self.config = transform, preset, config
+        self.transform, self.model_config, self.config = transform, model_config, config
         self._epoch_generator: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -314,25 +298,25 @@ class TrainingStateHandler:
             None if generator is None else self._epoch_generator if mid_epoch else generator.get_state()
         )
         ranks = [streams]  # every process's own streams (under DDP each rank draws its own noise)
-        if _world_size() > 1:
-            ranks = [None] * _world_size()
+        if idist.get_world_size() > 1:
+            ranks = [None] * idist.get_world_size()
             torch.distributed.all_gather_object(ranks, streams)
         if not is_main_process():
             return
         content = {"trainer": engine.state_dict()}
         for name, obj in self.objects.items():
-            content[name] = _unwrap(obj).state_dict()
+            content[name] = unwrap(obj).state_dict()
             if isinstance(obj, ResumableRandomSampler):
                 batch_size = getattr(engine.state.dataloader, "batch_size", None) or 1
                 content[name]["position"] = (engine.state.iteration % engine.state.epoch_length) * batch_size
         content["rng"] = ranks
-        save_checkpoint(self.path, content, self.preset, self.config)
+        save_checkpoint(self.path, content, self.model_config, self.config)
 
     def load(self, engine: Engine) -> None:
         """Restore the state written by :meth:`save` into the engine and the objects."""
         state = load_checkpoint(self.path)  # FileNotFoundError / ValueError naming the file
-        if self.preset is not None:
-            check_preset(state.get("preset"), self.preset, self.path)
+        if self.model_config is not None:
+            check_model_config(read_model_config(state), self.model_config, self.path)
         missing = [k for k in ("trainer", "rng", *self.objects) if k not in state]
         if missing:
             raise ValueError(f"resume: {self.path} is not a training state of this workflow (no {missing}).")
@@ -342,9 +326,10 @@ class TrainingStateHandler:
                 f"resume: {self.path} was written with {length} iterations per epoch, this run has "
                 f"{engine.state.epoch_length}; the data set, batch_size or number of processes changed."
             )
-        if len(state["rng"]) != _world_size():
+        if len(state["rng"]) != idist.get_world_size():
             raise ValueError(
-                f"resume: {self.path} was written by {len(state['rng'])} processes, this run has {_world_size()}."
+                f"resume: {self.path} was written by {len(state['rng'])} processes, this run has "
+                f"{idist.get_world_size()}."
             )
         max_epochs = engine.state.max_epochs
         if state["trainer"]["iteration"] > max_epochs * length:
@@ -355,8 +340,8 @@ class TrainingStateHandler:
         engine.load_state_dict(state["trainer"])
         engine.state.max_epochs = max_epochs  # this run's setting: resuming may extend the training
         for name, obj in self.objects.items():
-            _unwrap(obj).load_state_dict(state[name])
-        streams = state["rng"][_rank()]
+            unwrap(obj).load_state_dict(state[name])
+        streams = state["rng"][idist.get_rank()]
         set_rng_state(streams, self.transform)
         generator = getattr(engine.state.dataloader, "generator", None)
         if generator is not None and streams["dataloader_generator"] is not None:
