@@ -11,6 +11,7 @@ import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import cli_config_files, config_files
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -28,7 +29,7 @@ def test_metadata_validates_against_the_monai_schema():
 
 def _run_demo(output_dir: Path, **overrides):
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "drr_demo.yaml"), workflow_type=None, output_dir=str(output_dir), **TINY, **overrides
+        config_file=config_files("drr_demo.yaml"), workflow_type=None, output_dir=str(output_dir), **TINY, **overrides
     )
     workflow.initialize()
     summary = workflow.run()
@@ -69,7 +70,7 @@ def test_demo_refuses_to_overwrite_unless_asked(tmp_path):
 
 
 def test_readme_command_runs_from_the_repository_root(tmp_path):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/drr_demo.yaml"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cli_config_files("drr_demo.yaml")]
     cmd += ["--output_dir", str(tmp_path)]
     for key, value in TINY.items():
         cmd += [f"--{key}", json.dumps(value)]

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import small_cascade, small_geometry
 from monai.data import DataLoader
 from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 from scripts.engines import CascadeDiffusionTrainer, DiffusionObjective, DRRConsistencyLoss, freeze_for_stage
-from scripts.networks import XrayToCTCascade
-from scripts.physics import DRRRenderer, ProjectionGeometry, RadiographComposer
+from scripts.physics import DRRRenderer, RadiographComposer
 
-GEOMETRY = ProjectionGeometry(views=("pa", "lateral"), detector_shape=32, pixel_spacing_mm=17.6)
-STAGES = [
-    {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
-    {"grid_size": 32, "patch_size": 4, "width": 32, "depth": 1, "heads": 2},
-]
-ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
+GEOMETRY = small_geometry()
 
 
 def _objectives():
@@ -71,7 +66,7 @@ def test_physics_loss_is_zero_for_the_ct_that_made_the_views_and_gated_by_timest
 
 def _cascade():
     torch.manual_seed(0)
-    return XrayToCTCascade(GEOMETRY, 320.0, STAGES, encoder=ENCODER)
+    return small_cascade()  # 16³ -> 32³
 
 
 def test_physics_loss_gradient_reaches_the_denoiser():

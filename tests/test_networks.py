@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from conftest import SMALL_ENCODER, config_parser, small_cascade
 from scripts.networks import (
     DiTBlock,
     HybridViT3D,
@@ -17,41 +15,25 @@ from scripts.networks import (
 )
 from scripts.physics import ProjectionGeometry
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
 PRESETS = {
     "tiny": [],
     "quick_2stage": ["stages/quick_2stage.yaml"],
     "progressive_3stage": ["stages/progressive_3stage.yaml"],
     "stage4": ["stages/progressive_3stage.yaml", "stages/stage4_512x512x604.yaml"],
 }
-SMALL_ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
 
 
-def _parser(preset: str) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([os.path.join(CONFIGS, "inference.yaml")] + [os.path.join(CONFIGS, p) for p in PRESETS[preset]])
-    return parser
+def _parser(preset: str):
+    """common.yaml with the preset stacked (what training builds; inference reads the same from the checkpoint)."""
+    return config_parser(*PRESETS[preset])
 
 
 def _small_cascade(stages=None, detector=32, **kwargs) -> XrayToCTCascade:
-    geometry = ProjectionGeometry(views=("pa", "lateral"), detector_shape=detector, pixel_spacing_mm=563.2 / detector)
-    stages = stages or [
-        {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 2, "heads": 2},
-        {
-            "grid_size": 32,
-            "patch_size": 4,
-            "width": 32,
-            "depth": 2,
-            "heads": 2,
-            "attention": "window",
-            "window_size": 4,
-        },
-    ]
-    return XrayToCTCascade(geometry, 320.0, stages, encoder=SMALL_ENCODER, **kwargs)
+    return small_cascade(stages, detector, **kwargs)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_network_def_builds_from_inference_yaml_and_each_preset(preset):
+def test_network_def_builds_from_common_yaml_and_each_preset(preset):
     net = _parser(preset).get_parsed_content("network_def")
     grids = [net.grid_size(i) for i in range(net.num_stages)]
     expected = {
@@ -269,19 +251,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         net(x_t, t, xray, stage=0).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
-
-
-def test_inference_yaml_shares_physics_and_geometry_with_train_yaml():
-    data, inference = ConfigParser(), ConfigParser()
-    data.read_config(os.path.join(CONFIGS, "train.yaml"))
-    inference.read_config(os.path.join(CONFIGS, "inference.yaml"))
-    for key in ("physics", "geometry", "fov_mm", "image_size", "hu_window", "scanner_padding_hu", "hu_max", "preset"):
-        assert inference[key] == data[key], key
-    for key in ("encoder", "stages", "use_depth_lifting", "prediction_type", "num_train_timesteps"):
-        assert inference[key] == data[key], key
-    # A CT given to inference goes through exactly the training preprocessing (before the rendering).
-    assert inference["ct_preprocessing"] == data["preprocessing"]
-    assert inference["renderer"]["method"] == data["renderer"]["method"]
 
 
 def _reference_window_attention(block: DiTBlock, x: torch.Tensor, grid, window, shift) -> torch.Tensor:

@@ -80,14 +80,13 @@ def bundle_pipeline(bundle: Path, image: str, steps: int) -> tuple[np.ndarray, n
     if str(bundle) not in sys.path:
         sys.path.insert(0, str(bundle))
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "inference.yaml")])
+    parser["bundle_root"] = str(bundle)
     parser["num_inference_steps"] = steps
     network = parser.get_parsed_content("network_def")
     from scripts.checkpoint import load_network_weights
 
-    load_network_weights(
-        network, bundle / "models" / "model.pt", parser.get_parsed_content("preset_record"), ("model",)
-    )
+    load_network_weights(network, bundle / "models" / "model.pt", parser.get_parsed_content("model_config"), ("model",))
     network.eval()
     data = parser.get_parsed_content("preprocessing")({"image": image})
     views, mask = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["image_mask"]).bool()
@@ -169,7 +168,8 @@ def main() -> int:
         if str(bundle) not in sys.path:
             sys.path.insert(0, str(bundle))
         config = ConfigParser()
-        config.read_config(str(bundle / "configs" / "inference.yaml"))
+        config.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "inference.yaml")])
+        config["bundle_root"] = str(bundle)
         grid = int(config.get_parsed_content("stages")[-1]["grid_size"])
         spacing_mm = float(config.get_parsed_content("fov_mm")) / grid
         work = (args.out.parent if args.out else Path.cwd()).resolve()

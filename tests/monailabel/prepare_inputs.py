@@ -6,7 +6,7 @@
   training geometry by the bundle's own ``preprocessing``, as 8-bit radiographs (attenuation bright);
 * ``BUNDLE/models/model.pt`` when the bundle has none: untrained weights of the configured preset (the initial
   weights plus small random values, state dict under ``"model"``), saved with ``scripts.checkpoint.save_checkpoint``
-  and the config's preset record.
+  and the config's model config.
 
 Usage: python tests/monailabel/prepare_inputs.py BUNDLE STUDIES
 """
@@ -32,8 +32,8 @@ def main(bundle: Path, studies: Path) -> dict:
     if not Path(sys.modules["scripts"].__file__).resolve().is_relative_to(bundle.resolve()):
         raise RuntimeError(f"imported scripts from {sys.modules['scripts'].__file__}, not from the bundle {bundle}.")
     studies.mkdir(parents=True, exist_ok=True)
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser = ConfigParser()  # the architecture the configs train (common.yaml's preset), before any checkpoint exists
+    parser.read_config(str(bundle / "configs" / "common.yaml"))
     report: dict = {}
 
     model = bundle / "models" / "model.pt"
@@ -50,7 +50,7 @@ def main(bundle: Path, studies: Path) -> dict:
             for parameter in network.parameters():
                 parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
         model.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, {"model": network.state_dict()}, preset=parser.get_parsed_content("preset_record"))
+        save_checkpoint(model, {"model": network.state_dict()}, model_config=parser.get_parsed_content("model_config"))
         report["weights"] = f"untrained, random ({time.perf_counter() - start:.1f} s)"
 
     size, spacing = 80, 4.0
@@ -59,6 +59,10 @@ def main(bundle: Path, studies: Path) -> dict:
     write_nifti(ct_path, np.round(hu).astype(np.int16), centred_affine((size,) * 3, (spacing,) * 3), overwrite=True)
     report["ct"] = str(ct_path)
 
+    # The views as the bundle's inference preprocessing renders them, with the geometry of the weights now in place.
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "inference.yaml")])
+    parser["bundle_root"] = str(bundle)
     preprocessing = parser.get_parsed_content("preprocessing")
     views = torch.as_tensor(preprocessing({"image": str(ct_path)})["image"]).float()  # (V, H, W), network scale
     for name, view in zip(parser.get_parsed_content("geometry#views"), views, strict=True):

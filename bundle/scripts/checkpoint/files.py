@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from ..utils import atomic_write
 
 __all__ = ["first_nonfinite", "load_checkpoint", "plain", "save_checkpoint", "write_json"]

@@ -225,10 +225,10 @@ class TrainingStateHandler:
     generator), and the model and run configs. It is written after the iteration's other handlers (EMA update, LR
     step) and never with NaN or Inf in it. With ``resume``, it is read at ``Events.STARTED`` (``weights_only=True``,
     model config checked) so that the run continues at the next iteration exactly as the uninterrupted run would
-    have — the same batches, noise, weights and optimizer moments. Exact with ``num_workers: 0``; with DataLoader workers the
-    augmentation draws of the epoch in which training resumes differ (workers reseed per epoch), later epochs
-    match. Under DDP every rank's random streams are gathered and restored (only rank 0 writes, every rank reads);
-    ``DistributedSampler`` keeps no position, so an epoch resumed mid-way restarts from its first batches.
+    have — the same batches, noise, weights and optimizer moments. Exact with ``num_workers: 0``; with DataLoader
+    workers the augmentation draws of the epoch in which training resumes differ (workers reseed per epoch), later
+    epochs match. Under DDP every rank's random streams are gathered and restored (only rank 0 writes, every rank
+    reads); ``DistributedSampler`` keeps no position, so an epoch resumed mid-way restarts from its first batches.
 
     Attach it first among the trainer's handlers, so that the other ``STARTED`` handlers (e.g. validation at
     start) see the restored state.

@@ -42,7 +42,11 @@ def _mismatch(path, own: Mapping, state: Mapping, prefixes: tuple[str, ...] = ("
     given = {k: v for k, v in state.items() if k.startswith(prefixes)}
     missing = [k for k in wanted if k not in given]
     unexpected = [k for k in given if k not in wanted]
-    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in wanted.items() if k in given and given[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+        for k, v in wanted.items()
+        if k in given and given[k].shape != v.shape
+    ]
     parts = [
         f"{what} {items[:3]}"
         for what, items in (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs network)", shapes))

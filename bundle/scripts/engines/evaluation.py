@@ -138,12 +138,12 @@ class CTEvaluation:
             path = self.baselines[name]
             record = read_model_config(path)
             if record["prediction_type"] != "regression":
-                raise ValueError(f"baselines.{name}: {path} is not a regression baseline ({record['prediction_type']}).")
+                raise ValueError(
+                    f"baselines.{name}: {path} is not a regression baseline ({record['prediction_type']})."
+                )
             if self.model_config is not None:  # the same views must mean the same thing to both
                 shared = ("geometry", "physics", "fov_mm", "hu_window")
-                check_model_config(
-                    {k: record[k] for k in shared}, {k: self.model_config[k] for k in shared}, path
-                )
+                check_model_config({k: record[k] for k in shared}, {k: self.model_config[k] for k in shared}, path)
             network = build_network(record)
             load_network_weights(network, path, None)
             self._networks[name] = network.to(device).eval()

@@ -39,6 +39,7 @@ def drr_error_pairs(composer, hu_window, fov_mm: float):
 
     Both on the X-ray network scale; the sampled CT (CT scale) is mapped to HU and rendered at its grid's spacing.
     """
+
     def transform(outputs):
         outputs = outputs if isinstance(outputs, list) else [outputs]
         drrs, views = [], []

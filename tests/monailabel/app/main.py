@@ -4,11 +4,11 @@
 
 ``--conf models`` is a comma-separated list of bundle folders, each ``PATH`` or ``NAME=PATH`` (the model's name
 defaults to the folder's name); a relative path is taken from the working directory, else from this app's folder.
-Each bundle is served by MONAI Label's own ``BundleInferTask``, which reads ``configs/inference.yaml``
-(``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``) and ``models/model.pt`` (the state dict under
-``"model"``). The input image (``image``) is a CT file or DICOM series, whose PA and lateral views are rendered with
-the training geometry, or a single radiograph file (PNG/JPEG/TIFF, DICOM DX/CR, 2D NIfTI) read as the PA view; the
-result is the generated CT in HU as NIfTI.
+Each bundle is served by MONAI Label's own ``BundleInferTask``, which reads ``configs/inference.yaml`` (stacked on
+``configs/common.yaml`` when the bundle has one: ``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``)
+and ``models/model.pt`` (the state dict under ``"model"``). The input image (``image``) is a CT file or DICOM
+series, whose PA and lateral views are rendered with the training geometry, or a single radiograph file
+(PNG/JPEG/TIFF, DICOM DX/CR, 2D NIfTI) read as the PA view; the result is the generated CT in HU as NIfTI.
 
 Two things differ from a segmentation bundle, and :class:`XrayToCTInferTask` handles both:
 
@@ -97,6 +97,13 @@ class XrayToCTInferTask(BundleInferTask):
             value = conf.get(key, self.bundle_config.get(key))
             if isinstance(value, (int, str)) and not isinstance(value, bool):  # not a per-stage list
                 self._config[key] = cast(value)
+
+    def _load_bundle_config(self, path, config):
+        # This bundle's inference.yaml stacks on configs/common.yaml (the model-zoo way of sharing a block between
+        # workflows); BundleInferTask reads one file, so the stack is given here. The network, geometry and diffusion
+        # settings then come from models/model.pt's own record (inference.yaml reads them from the checkpoint).
+        common = os.path.join(path, "configs", "common.yaml")
+        return super()._load_bundle_config(path, [common, config] if os.path.exists(common) else config)
 
     def _apply_sampling_options(self, data: dict | None) -> None:
         for key, cast in SAMPLING_OPTIONS.items():
