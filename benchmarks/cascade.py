@@ -1,21 +1,26 @@
 """End-to-end cascade inference timing: an X-ray pair -> a CT in HU through the bundle's own inference path.
 
 The network, the ``CTInferer``/``CascadeSampler`` and the HU ``postprocessing`` are built from
-``configs/inference.yaml`` with the stage preset stacked on top (``monai.bundle.ConfigParser``), exactly as
-``python -m monai.bundle run`` builds them; only ``num_inference_steps``, the scheduler and ``amp`` are overridden.
+``configs/common.yaml`` + ``configs/inference.yaml`` with the stage preset stacked on top
+(``monai.bundle.ConfigParser``), exactly as ``python -m monai.bundle run`` builds them; only
+``num_inference_steps``, the scheduler and ``amp`` are overridden.
 Weights are untrained (timing does not depend on them). The per-stage split comes from timing wrappers around the
-sampler's ``encode``, ``stage_conditioning`` and ``sample_stage`` calls (with a CUDA synchronisation in each).
+sampler's ``encode``, ``stage_conditioning`` and ``sample_stage`` calls (with a CUDA synchronisation in each). Each
+run is one wall time of the whole path (``benchmarks.timing.timed_call``), not ``Timer``'s repeat loop: every run
+must yield its own split, and a run of a seed preset on CPU is minutes, too long for ``Timer``'s warm-up calls.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from benchmarks.timing import timed_call
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
@@ -28,12 +33,35 @@ PRESETS = {
 SAMPLERS = {"ddim": "v_prediction", "rflow": "rectified_flow"}
 
 
+#: The keys of common.yaml that inference reads from a checkpoint's model config.
+MODEL_KEYS = (
+    "preset",
+    "stages",
+    "encoder",
+    "use_depth_lifting",
+    "fov_mm",
+    "hu_window",
+    "prediction_type",
+    "noise_schedule",
+    "num_train_timesteps",
+    "physics",
+    "geometry",
+)
+
+
 def preset_parser(preset: str, device: str):
-    """``inference.yaml`` + the preset's stage file, on ``device``, bf16 autocast on CUDA, no progress bar."""
+    """``common.yaml`` + ``inference.yaml`` + the preset's stage file, on ``device``, bf16 autocast on CUDA, no
+    progress bar. There is no trained checkpoint of each preset to read the model keys from, so they are the values
+    training would record (common.yaml + the preset)."""
     from monai.bundle import ConfigParser
 
+    presets = [str(CONFIGS / p) for p in PRESETS[preset]]
+    architecture = ConfigParser()
+    architecture.read_config([str(CONFIGS / "common.yaml"), *presets])
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.yaml")] + [str(CONFIGS / p) for p in PRESETS[preset]])
+    parser.read_config([str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml"), *presets])
+    for key in MODEL_KEYS:
+        parser[key] = copy.deepcopy(architecture[key])
     parser["device"] = f"$torch.device('{device}')"
     parser["amp"] = device.startswith("cuda")
     parser["progress_bar"] = False
@@ -66,14 +94,9 @@ class _Timers:
 
     def wrap(self, fn: Callable, name: Callable[..., str]) -> Callable:
         def timed(*args, **kwargs):
-            if self.cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if self.cuda:
-                torch.cuda.synchronize()
+            out, seconds = timed_call(fn, *args, **kwargs)
             key = name(*args, **kwargs)
-            self.totals[key] = self.totals.get(key, 0.0) + time.perf_counter() - t0
+            self.totals[key] = self.totals.get(key, 0.0) + seconds
             return out
 
         return timed
@@ -82,12 +105,12 @@ class _Timers:
 def _end_to_end(inferer, network, views: torch.Tensor, post, timers: _Timers) -> dict:
     """One X-ray pair -> CT in HU; total seconds and the wrapped calls' split."""
     timers.totals.clear()
-    if timers.cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = inferer(views, network)  # (1, 2, X, Y, Z) CT scale: mean, std
-    data = post({"pred": out[0].cpu()})  # pred, pred_std in HU (MetaTensors)
-    total = time.perf_counter() - t0
+
+    def run() -> dict:
+        out = inferer(views, network)  # (1, 2, X, Y, Z) CT scale: mean, std
+        return post({"pred": out[0].cpu()})  # pred, pred_std in HU (MetaTensors)
+
+    data, total = timed_call(run)
     assert tuple(data["pred"].shape[1:]) == network.grid_size(network.num_stages - 1)
     return {"total_s": total, **timers.totals}
 
@@ -160,16 +183,17 @@ def time_cascade(
 
 def time_workflow(preset: str, device: str, steps: int, stamp: dict) -> dict:
     """The bundle's inference workflow as a user runs it (``python -m monai.bundle run --config_file
-    configs/inference.yaml``): the demo's held-out phantoms (prepared beforehand, not timed), each case read, its
-    views rendered, sampled, written as NIfTI with a preview PNG and a JSON summary. Untrained weights, saved in
-    the shipped checkpoint format in a temporary folder. One row: seconds per case (the workflow's own figure:
-    preprocessing to HU) and wall seconds of the whole run per case (with the file writing and the DRR check)."""
+    "['configs/common.yaml','configs/inference.yaml']"``): the demo's held-out phantoms (prepared beforehand, not
+    timed), each case read, its views rendered, sampled, written as NIfTI with a preview PNG and a JSON summary.
+    Untrained weights, saved with their model config in a temporary folder. One row: seconds per case (the
+    workflow's own figure: preprocessing to HU) and wall seconds of the whole run per case (with the file writing
+    and the DRR check)."""
     import json
     import tempfile
 
     from monai.bundle import ConfigWorkflow
     from scripts.checkpoint import save_checkpoint
-    from scripts.engines import ensure_cases
+    from scripts.data import ensure_dataset
 
     from benchmarks.run import stamp_for
 
@@ -177,11 +201,11 @@ def time_workflow(preset: str, device: str, steps: int, stamp: dict) -> dict:
     network = parser.get_parsed_content("network_def")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, inputs, output = Path(tmp) / "model.pt", Path(tmp) / "inputs", Path(tmp) / "out"
-        save_checkpoint(ckpt, {"model": network.state_dict()}, preset=parser.get_parsed_content("preset_record"))
+        save_checkpoint(ckpt, {"model": network.state_dict()}, model_config=parser.get_parsed_content("model_config"))
         demo = {"synthetic_count": parser["demo_count"], "seed": parser["demo_seed"], "split": parser["demo_split"]}
-        ensure_cases(inputs, "test", **demo)
-        workflow = ConfigWorkflow(
-            config_file=[str(CONFIGS / "inference.yaml")] + [str(CONFIGS / f) for f in PRESETS[preset]],
+        ensure_dataset(inputs, ["test"], **demo)
+        workflow = ConfigWorkflow(  # the model keys come from the checkpoint, as in a user's run
+            config_file=[str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml")],
             workflow_type=None,
             run_id="run",
             device=f"$torch.device('{device}')",
@@ -192,9 +216,7 @@ def time_workflow(preset: str, device: str, steps: int, stamp: dict) -> dict:
             progress_bar=False,
         )
         workflow.initialize()
-        t0 = time.perf_counter()
-        workflow.run()
-        wall = time.perf_counter() - t0
+        wall = timed_call(workflow.run)[1]
         workflow.finalize()
         report = json.loads((output / "inference_report.json").read_text())
     cases = report["done"]
@@ -242,41 +264,62 @@ def project_steps(row: dict, steps: Sequence[int]) -> list[dict]:
     return out
 
 
+def _run_cells(r: dict) -> list[object]:
+    n = range(len(r["grids"]))
+    split = r["split_s"]
+    return [
+        r["preset"],
+        " → ".join(f"{g[0]}³" if len(set(g)) == 1 else "x".join(map(str, g)) for g in r["grids"]),
+        r["sampler"],
+        r["steps_per_stage"],
+        "on" if r["cache_conditioning"] else "off",
+        f"{r['total_s']:.3f}",
+        f"{split['encode_s']:.3f}",
+        " / ".join(f"{split[f'stage_{s}_s']:.3f}" for s in n),
+        " / ".join(f"{split.get(f'conditioning_{s}_s', 0.0):.3f}" for s in n),
+        "measured" if r["measured"] else f"projected from {r['projected_from_steps']} steps",
+        r["runs"] if r["measured"] else "-",
+        format(r["peak_GiB"], ".2f") if "peak_GiB" in r else "-",
+        r["dtype"],
+        r["device"],
+    ]
+
+
+def _workflow_cells(r: dict) -> list[object]:
+    each = ", ".join(f"{x:.2f}" for x in r["case_s"])
+    return [
+        r["preset"],
+        f"{r['sampler']}, {r['steps_per_stage']}",
+        f"{r['cases']} ({r['input']})",
+        f"{r['case_s_median']:.2f} ({each})",
+        f"{r['wall_s_per_case']:.2f}",
+        r["dtype"],
+        r["device"],
+    ]
+
+
 def markdown(rows: list[dict]) -> list[str]:
     """Table lines: one per row, stage split in seconds; projected rows marked; workflow rows in their own table."""
+    from benchmarks.run import markdown_table
+
     workflow = [r for r in rows if "case_s" in r]
-    rows = [r for r in rows if "case_s" not in r]
-    lines = [
+    lines = markdown_table(
         "| preset | grids | sampler | steps/stage | lifting cache | total s | encode s | per stage s "
         "| of which lifting s | measured / projected | runs | peak GiB | dtype | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        n = range(len(r["grids"]))
-        stages = " / ".join(f"{r['split_s'][f'stage_{s}_s']:.3f}" for s in n)
-        lifting = " / ".join(f"{r['split_s'].get(f'conditioning_{s}_s', 0.0):.3f}" for s in n)
-        grids = " → ".join(f"{g[0]}³" if len(set(g)) == 1 else "x".join(map(str, g)) for g in r["grids"])
-        how = "measured" if r["measured"] else f"projected from {r['projected_from_steps']} steps"
-        lines.append(
-            f"| {r['preset']} | {grids} | {r['sampler']} | {r['steps_per_stage']} "
-            f"| {'on' if r['cache_conditioning'] else 'off'} | {r['total_s']:.3f} | {r['split_s']['encode_s']:.3f} "
-            f"| {stages} | {lifting} | {how} | {r['runs'] if r['measured'] else '-'} "
-            f"| {format(r['peak_GiB'], '.2f') if 'peak_GiB' in r else '-'} | {r['dtype']} | {r['device']} |"
-        )
+        [r for r in rows if "case_s" not in r],
+        _run_cells,
+    )
     if workflow:
         lines += [
             "",
             "Whole inference workflow (`inference.yaml`: read the case, render its views, sample, write NIfTI, "
             "preview and JSON), per case:",
             "",
+        ]
+        lines += markdown_table(
             "| preset | sampler, steps/stage | cases (input) | s per case, workflow's figure (median; each) "
             "| wall s per case, incl. writing | dtype | device |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in workflow:
-            each = ", ".join(f"{x:.2f}" for x in r["case_s"])
-            lines.append(
-                f"| {r['preset']} | {r['sampler']}, {r['steps_per_stage']} | {r['cases']} ({r['input']}) "
-                f"| {r['case_s_median']:.2f} ({each}) | {r['wall_s_per_case']:.2f} | {r['dtype']} | {r['device']} |"
-            )
+            workflow,
+            _workflow_cells,
+        )
     return lines

@@ -16,7 +16,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,14 +30,12 @@ PRESETS = {
 
 def measure(preset: str, stage: int, scale: int, device: str, repeats: int) -> dict:
     import torch
-    from monai.bundle import ConfigParser
 
+    from benchmarks.cascade import preset_parser
     from benchmarks.run import machine
+    from benchmarks.timing import seconds_per_call
 
-    parser = ConfigParser()
-    parser.read_config(
-        [str(ROOT / "bundle/configs/inference.yaml")] + [str(ROOT / "bundle/configs" / p) for p in PRESETS[preset]]
-    )
+    parser = preset_parser(preset, "cpu")  # the network is moved to the device below
     full_stages = parser["stages"]
     if scale > 1:
         parser["stages"] = [dict(s, grid_size=s["grid_size"] // scale) for s in full_stages]
@@ -60,18 +57,6 @@ def measure(preset: str, stage: int, scale: int, device: str, repeats: int) -> d
             out.float().square().mean().backward()
             net.zero_grad(set_to_none=True)
 
-    def timed(backward: bool) -> float:
-        times = []
-        for _ in range(repeats):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step(backward)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
-
     with torch.no_grad():
         step(False)  # warm-up
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -84,8 +69,8 @@ def measure(preset: str, stage: int, scale: int, device: str, repeats: int) -> d
         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**20
     )
     with torch.no_grad():
-        forward_s = timed(False)
-    train_s = timed(True)
+        forward_s = seconds_per_call(lambda: step(False), repeats)
+    train_s = seconds_per_call(lambda: step(True), repeats)
     # Parameters are those of the full-size preset (built last, so that it does not inflate the peak above).
     parser["stages"] = full_stages
     parser.parse(reset=True)
@@ -116,23 +101,32 @@ def measure(preset: str, stage: int, scale: int, device: str, repeats: int) -> d
     }
 
 
+def _cells(r: dict) -> list[object]:
+    return [
+        r["preset"],
+        r["stage"],
+        f"{'x'.join(map(str, r['grid']))} ({r['grid_scale']})",
+        "x".join(map(str, r["patch"])),
+        "x".join(map(str, r["tokens"])),
+        f"{r['width']} x {r['depth']} / {r['heads']}",
+        f"{r['params_stage_M']:.2f}",
+        f"{r['forward_s']:.3f}",
+        f"{r['forward_backward_s']:.3f}",
+        f"{r['peak_memory_GiB']:.2f}",
+    ]
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
+    from benchmarks.run import markdown_table
+
     r0 = rows[0]
-    lines = [
-        f"# Network benchmark ({r0['device']}, {r0['machine']}, {r0['dtype']}, {r0['date']})",
-        "",
+    lines = [f"# Network benchmark ({r0['device']}, {r0['machine']}, {r0['dtype']}, {r0['date']})", ""]
+    lines += markdown_table(
         "| preset | stage | grid timed | patch | tokens | width x depth / heads | params (M, full size) | forward s "
         "| fwd+bwd s | peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['preset']} | {r['stage']} | {'x'.join(map(str, r['grid']))} ({r['grid_scale']}) "
-            f"| {'x'.join(map(str, r['patch']))} "
-            f"| {'x'.join(map(str, r['tokens']))} | {r['width']} x {r['depth']} / {r['heads']} "
-            f"| {r['params_stage_M']:.2f} | {r['forward_s']:.3f} | {r['forward_backward_s']:.3f} "
-            f"| {r['peak_memory_GiB']:.2f} |"
-        )
+        rows,
+        _cells,
+    )
     lines += [
         "",
         f"Encoder parameters (shared): {rows[0]['params_encoder_M']:.2f} M (tiny) / "

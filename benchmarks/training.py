@@ -2,7 +2,7 @@
 
 The step is the bundle's own: ``CascadeDiffusionTrainer._iteration`` (forward under bf16 autocast on CUDA, v-loss,
 DRR loss of x̂0 through the training composer, backward, gradient clipping, AdamW step), on a network built from
-``configs/inference.yaml`` + the preset and frozen with ``freeze_for_stage`` as ``configs/train.yaml`` does. The
+``configs/common.yaml`` + the preset and frozen with ``freeze_for_stage`` as ``configs/train.yaml`` does. The
 timestep is fixed inside the DRR loss's gate so that every timed step renders (a random timestep skips the loss for
 half of the steps). MFU = counted model FLOPs per step (``torch.utils.flop_counter``, without the recomputation of
 gradient checkpointing) / step time / the measured dense matmul rate of the same device and dtype.
@@ -10,22 +10,19 @@ gradient checkpointing) / step time / the measured dense matmul rate of the same
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
 from benchmarks.cascade import CONFIGS, phantom_hu, xray_pair
-from benchmarks.scaling import _median_time, _PeakMemory, build_stage, flop_counter
+from benchmarks.scaling import _PeakMemory, build_stage, flop_counter
+from benchmarks.timing import seconds_per_call, timed_call
 
 
 def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
-    """Measured FLOP/s of ``n × n`` matmuls (the MFU denominator)."""
+    """Measured FLOP/s of ``n × n`` matmuls (the MFU denominator); ``repeats`` timed matmuls after Timer's warm-up."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    seconds = _median_time(lambda: a @ b, device, repeats)
-    return 2 * n**3 / seconds
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, repeats)
 
 
 def train_step(spec: dict) -> dict:
@@ -43,7 +40,7 @@ def train_step(spec: dict) -> dict:
     network, parser = build_stage(spec, device)
     freeze_for_stage(network, stage)
     objective = DiffusionObjective(
-        DDPMScheduler(train["num_train_timesteps"], schedule="scaled_linear_beta", prediction_type="v_prediction")
+        DDPMScheduler(parser["num_train_timesteps"], schedule=parser["noise_schedule"], prediction_type="v_prediction")
     )
     gate = train["physics_timestep_gate"]
     t_fixed = int(gate * objective.num_train_timesteps) // 2  # inside the gate: the DRR loss is on
@@ -77,15 +74,11 @@ def train_step(spec: dict) -> dict:
     def step() -> dict:
         return trainer._iteration(trainer, batch)
 
-    first_t0 = time.perf_counter()
-    out = step()  # the first step also creates AdamW's state
-    if cuda:
-        torch.cuda.synchronize()
-    first = time.perf_counter() - first_t0
+    out, first = timed_call(step)  # the first step also creates AdamW's state
     out = out[0] if isinstance(out, list) else out  # MONAI decollates the output by default
     assert float(out["loss_drr"]) > 0, "the DRR loss must be part of the timed step"
     with _PeakMemory(device) as memory:  # steady state: weights, gradients, AdamW state, activations, renderer
-        seconds = _median_time(step, device, spec["repeats"])
+        seconds = seconds_per_call(step, spec["repeats"])
     checkpointing = [d["denoiser"].gradient_checkpointing for d in network.stages]
     for d in network.stages:  # model FLOPs: without the recomputation
         d["denoiser"].gradient_checkpointing = False
@@ -139,17 +132,30 @@ def train_specs(device: str, quick: bool, repeats: int) -> list[dict]:
     ]
 
 
-def markdown(rows: list[dict]) -> list[str]:
-    lines = [
-        "| preset, stage | grid | batch | dtype | checkpointing | step s (first) | peak GiB (above step start) "
-        "| model TFLOP/step | achieved TFLOP/s | matmul TFLOP/s | MFU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+#: Columns of :func:`markdown`.
+HEADER = (
+    "| preset, stage | grid | batch | dtype | checkpointing | step s (first) | peak GiB (above step start) "
+    "| model TFLOP/step | achieved TFLOP/s | matmul TFLOP/s | MFU |"
+)
+
+
+def _cells(r: dict) -> list[object]:
+    return [
+        f"{r['preset']}, {r['stage']}",
+        f"{r['grid'][0]}³",
+        r["batch"],
+        r["dtype"],
+        "on" if r["gradient_checkpointing"] else "off",
+        f"{r['step_s']:.3f} ({r['first_step_s']:.2f})",
+        f"{r['peak_GiB']:.2f} ({r['peak_above_start_GiB']:.2f})",
+        f"{r['model_TFLOP_per_step']:.3f}",
+        f"{r['achieved_TFLOPs']:.2f}",
+        f"{r['matmul_TFLOPs']:.2f} ({r['matmul_dtype']})",
+        f"{r['mfu']:.1%}",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['preset']}, {r['stage']} | {r['grid'][0]}³ | {r['batch']} | {r['dtype']} "
-            f"| {'on' if r['gradient_checkpointing'] else 'off'} | {r['step_s']:.3f} ({r['first_step_s']:.2f}) "
-            f"| {r['peak_GiB']:.2f} ({r['peak_above_start_GiB']:.2f}) | {r['model_TFLOP_per_step']:.3f} "
-            f"| {r['achieved_TFLOPs']:.2f} | {r['matmul_TFLOPs']:.2f} ({r['matmul_dtype']}) | {r['mfu']:.1%} |"
-        )
-    return lines
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    from benchmarks.run import markdown_table
+
+    return markdown_table(HEADER, rows, _cells)

@@ -12,12 +12,11 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import small_cascade
 from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
 from scripts.engines import CascadeSampler
 from scripts.networks import DepthLifting, XrayToCTCascade
-from scripts.physics import ProjectionGeometry
 
-ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
 SCHEDULERS = {
     "ddim": partial(DDIMScheduler, 1000, prediction_type="v_prediction", clip_sample=False),
     "rflow": partial(RFlowScheduler, 1000, use_discrete_timesteps=True),
@@ -25,27 +24,8 @@ SCHEDULERS = {
 
 
 def _trained_looking_cascade(use_depth_lifting: bool = True) -> XrayToCTCascade:
-    """A small two-stage cascade with every weight random: at init (adaLN-Zero) the output ignores the conditioning,
-    which would make an equality test vacuous."""
-    geometry = ProjectionGeometry(views=("pa", "lateral"), detector_shape=32, pixel_spacing_mm=563.2 / 32)
-    stages = [
-        {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 2, "heads": 2},
-        {
-            "grid_size": 32,
-            "patch_size": 4,
-            "width": 32,
-            "depth": 2,
-            "heads": 2,
-            "attention": "window",
-            "window_size": 4,
-        },
-    ]
-    net = XrayToCTCascade(geometry, 320.0, stages, encoder=ENCODER, use_depth_lifting=use_depth_lifting)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    return net.eval()
+    """Every weight random: at init (adaLN-Zero) the output ignores the conditioning, making equality vacuous."""
+    return small_cascade(random_weights=True, use_depth_lifting=use_depth_lifting)
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
