@@ -4,8 +4,8 @@ Every configuration is one stage of :class:`scripts.networks.XrayToCTCascade` bu
 ``configs/common.yaml`` + the preset (the encoding precomputed; the stage's depth lifting and denoiser timed),
 measured in its own process so that its peak memory is its own: on CPU the growth of the resident set
 (``ru_maxrss``) during the pass, on CUDA ``torch.cuda.max_memory_allocated`` above the memory held before it. FLOPs
-are counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; elementwise work is not counted), so their growth
-is exact and machine-independent.
+are counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; elementwise work is not counted), so
+their growth is exact and machine-independent.
 """
 
 from __future__ import annotations

@@ -20,18 +20,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from conftest import CONFIGS, ROOT, cli_config_files, config_files, config_parser
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from monai.data import load_net_with_metadata
 from scripts.engines import freeze_for_stage
 from scripts.networks import HybridViT3D
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundle" / "configs"
 META = CONFIGS / "metadata.json"
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"  # MONAI's schema, offline copy
-TRAIN = CONFIGS / "train.yaml"
 MULTI_GPU = CONFIGS / "multi_gpu_train.yaml"
-INFERENCE = CONFIGS / "inference.yaml"
 LARGE_FILE_BYTES = 25_000_000  # model zoo: files over 25 MB go to large_files.yml (Git LFS / download)
 
 
@@ -39,11 +36,10 @@ def _meta() -> dict:
     return json.loads(META.read_text())
 
 
-def _cascade(config: Path = INFERENCE, seed: int = 0) -> torch.nn.Module:
-    """``network_def`` of a config with small random weights on top of the init (adaLN-Zero outputs 0 at init)."""
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    net = parser.get_parsed_content("network_def")
+def _cascade(*files: str, seed: int = 0) -> torch.nn.Module:
+    """``network_def`` of common.yaml + ``files`` with small random weights on top of the init (adaLN-Zero outputs 0
+    at init). The inference stack builds the shipped checkpoint's network (its model config)."""
+    net = config_parser(*files).get_parsed_content("network_def")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
@@ -83,18 +79,18 @@ def test_network_data_format_describes_the_default_configs():
     fmt = _meta()["network_data_format"]
     assert list(fmt["inputs"])[0] == "image" and list(fmt["outputs"])[0] == "pred"
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
-    train, inference = ConfigParser(), ConfigParser()
-    train.read_config(str(TRAIN))
-    inference.read_config(str(INFERENCE))
+    train, inference = config_parser("train.yaml"), config_parser("inference.yaml")
     geometry = inference.get_parsed_content("geometry")
     assert image["num_channels"] == geometry.num_views == 2
     assert image["channel_def"] == {"0": "PA view", "1": "lateral view"}
     assert image["spatial_shape"] == list(geometry.detector_shape)
     assert image["value_range"] == [-1, 1]  # the fixed network scale 2 p / max_line_integral - 1
-    last = inference.get("stages")[-1]["grid_size"]
+    last = inference.get_parsed_content("stages")[-1]["grid_size"]  # the shipped checkpoint's
     assert pred["spatial_shape"] == [last] * 3 and pred["num_channels"] == 1 and pred["format"] == "hounsfield"
-    assert pred["value_range"] == train.get("hu_window")
-    assert inference.get("fov_mm") / last == 5.0
+    assert pred["value_range"] == inference.get_parsed_content("hu_window") == train.get_parsed_content("hu_window")
+    assert inference.get_parsed_content("fov_mm") / last == 5.0
+    # The shipped model is the default architecture: training with the defaults reproduces its model config.
+    assert inference.get_parsed_content("checkpoint_config") == train.get_parsed_content("model_config")
 
 
 def test_verify_metadata_runs_offline_against_the_schema_copy(tmp_path):
@@ -110,6 +106,15 @@ def test_verify_metadata_runs_offline_against_the_schema_copy(tmp_path):
     (tmp_path / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="'task' is a required property"):
         verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA), hash_val=md5)
+
+
+def test_version_is_one_everywhere():
+    """setup.cfg's package version, metadata.json's version and the newest changelog entry are the same."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    meta = _meta()
+    newest = max(meta["changelog"], key=_version)
+    assert setup["metadata"]["version"] == meta["version"] == newest, (setup["metadata"]["version"], meta["version"])
 
 
 # ---- verify_net_in_out and TorchScript export ---------------------------------------------------------------------
@@ -136,7 +141,12 @@ def test_verify_net_in_out_checks_each_stage_of_the_cascade(stage):
     }
     if "previous" in fmt["inputs"]:
         extra["previous"] = torch.zeros(1, 1, *fmt["inputs"]["previous"]["spatial_shape"])
-    args = {"net_id": "network_def", "meta_file": str(META), "config_file": str(INFERENCE), "device": "cpu"}
+    args = {
+        "net_id": "network_def",
+        "meta_file": str(META),
+        "config_file": config_files("inference.yaml"),
+        "device": "cpu",
+    }
     verify_net_in_out(**args, extra_forward_args=extra, **override)
     with pytest.raises(ValueError, match="output channel number"):  # the check is live
         verify_net_in_out(**args, extra_forward_args=extra, **{**override, f"{prefix}#outputs#pred#num_channels": 2})
@@ -164,13 +174,13 @@ def _denoiser_inputs(net, stage: int, batch: int = 2) -> tuple[tuple, torch.Tens
 @pytest.mark.parametrize("via", ["command line", "python"])
 def test_ckpt_export_of_a_stage_denoiser_matches_the_eager_cascade(tmp_path, via):
     stage = 1 if via == "command line" else 0
-    net = _cascade()
+    net = _cascade("inference.yaml")
     ckpt, exported = tmp_path / "model.pt", tmp_path / f"denoiser_stage{stage}.ts"
     torch.save({"network": net.state_dict()}, ckpt)  # the shipped layout: weights under "network"
     definition = f"$@network_def.standalone_denoiser({stage})"
     if via == "command line":
         cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "denoiser_def"]
-        cmd += ["--config_file", "bundle/configs/inference.yaml", "--meta_file", "bundle/configs/metadata.json"]
+        cmd += ["--config_file", cli_config_files("inference.yaml"), "--meta_file", "bundle/configs/metadata.json"]
         cmd += ["--ckpt_file", str(ckpt), "--key_in_ckpt", "network", "--filepath", str(exported)]
         cmd += ["--denoiser_def", definition]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -181,13 +191,15 @@ def test_ckpt_export_of_a_stage_denoiser_matches_the_eager_cascade(tmp_path, via
             filepath=str(exported),
             ckpt_file=str(ckpt),
             meta_file=str(META),
-            config_file=str(INFERENCE),
+            config_file=config_files("inference.yaml"),
             key_in_ckpt="network",
             denoiser_def=definition,
         )
-    scripted, meta, extra = load_net_with_metadata(str(exported), more_extra_files=("inference.json",))
-    assert isinstance(scripted, torch.jit.ScriptModule)
-    assert meta["version"] == _meta()["version"] and "network_def" in json.loads(extra["inference.json"])
+    files = ("common.json", "inference.json")  # ckpt_export stores each stacked config file under its name
+    scripted, meta, extra = load_net_with_metadata(str(exported), more_extra_files=files)
+    assert isinstance(scripted, torch.jit.ScriptModule) and meta["version"] == _meta()["version"]
+    assert "network_def" in json.loads(extra["common.json"])
+    assert "checkpoint_config" in json.loads(extra["inference.json"])  # the network is the checkpoint's
     args, cascade_out = _denoiser_inputs(net, stage)
     fmt = _meta()[f"stage{stage}_denoiser_data_format"]["inputs"]
     assert args[0].shape[1:] == (fmt["x"]["num_channels"], *fmt["x"]["spatial_shape"])
@@ -217,22 +229,32 @@ def test_scripted_denoiser_with_shifted_padded_windows_matches_eager():
 # ---- distributed training -----------------------------------------------------------------------------------------
 
 
-def test_multi_gpu_initialize_runs_train_initialize_in_order():
-    """multi_gpu_train.yaml replaces ``initialize``: it must keep every step of train.yaml's, in the same order, and
-    set up the process group before anything that builds the network or reads the data."""
-    train = yaml.safe_load(TRAIN.read_text())["initialize"]
-    multi = yaml.safe_load(MULTI_GPU.read_text())["initialize"]
-    assert [step for step in multi if step in train] == train, "copy train.yaml's initialize into multi_gpu_train.yaml"
-    setup = next(i for i, step in enumerate(multi) if "init_process_group(backend=@dist_backend)" in step)
-    assert all(multi.index(step) > setup for step in train if "@network" in step or "@datalist" in step)
-    assert setup < multi.index("$@datalist") < multi.index(next(s for s in train if "@network" in s))
+def test_multi_gpu_fills_train_yaml_initialize_slots_instead_of_copying_it():
+    """multi_gpu_train.yaml adds to train.yaml's ``initialize`` through its two slots: the process group (and the
+    data preparation by rank 0) before anything that builds the network or reads the data, the per-rank reseed after
+    the network is built (every rank builds it from the same seed)."""
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    multi = yaml.safe_load(MULTI_GPU.read_text())
+    assert "initialize" not in multi  # no copy to fall out of step with train.yaml
+    stack = config_parser("train.yaml", "multi_gpu_train.yaml")
+    steps = stack.get("initialize")
+    assert steps == train["initialize"]  # train.yaml's steps, unchanged, in order
+    setup, reseed = steps.index("@distributed_setup"), steps.index("@per_rank_seed")
+    builds = [i for i, step in enumerate(steps) if "@network" in step or "@datalist" in step or "@train#" in step]
+    assert builds and setup < min(builds) and reseed > max(builds)
+    # Single-process training leaves both slots empty; the overlay fills them.
+    assert train["distributed_setup"] == [] and train["per_rank_seed"] is None
+    distributed = stack.get("distributed_setup")
+    group = next(i for i, s in enumerate(distributed) if "init_process_group(backend=@dist_backend)" in s)
+    assert group < distributed.index("$@datalist")  # rank 0 prepares the data once the group exists
+    assert "torch.distributed.get_rank()" in stack.get("per_rank_seed")
 
 
 @pytest.mark.parametrize("stage", [0, 1])
 def test_one_trained_stage_leaves_no_trainable_parameter_unused(stage):
     """Why DDP needs no ``find_unused_parameters`` unless all stages train jointly: every trainable parameter of a
     stage takes part in that stage's forward pass (the frozen ones are never registered with DDP)."""
-    net = _cascade(TRAIN).train()
+    net = _cascade("train.yaml").train()
     freeze_for_stage(net, stage)
     x_t = torch.randn(1, 1, *net.grid_size(stage))
     previous = torch.zeros(1, 1, *net.grid_size(stage - 1)) if stage > 0 else None
@@ -252,7 +274,7 @@ def test_torchrun_two_processes_gloo_train_one_epoch_in_sync(tmp_path):
     dump = f"$torch.save(@network.state_dict(), {rank_file})"
     finalize = [dump] + yaml.safe_load(MULTI_GPU.read_text())["finalize"]
     cmd = launcher + ["--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training"]
-    cmd += ["--config_file", "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"]
+    cmd += ["--config_file", cli_config_files("train.yaml", "multi_gpu_train.yaml")]
     cmd += ["--dist_backend", "gloo", "--device", "cpu", "--train#trainer#max_epochs", "1"]
     cmd += ["--dataset_dir", str(tmp_path / "data"), "--synthetic_count", "3", "--ckpt_dir", str(tmp_path / "models")]
     cmd += ["--output_dir", str(tmp_path / "runs"), "--val_interval", "1000", "--num_inference_steps", "2"]

@@ -1,10 +1,9 @@
-"""Reliability: weights-only checkpoints, atomic writes, presets, non-finite steps, resume after SIGKILL, config
-errors."""
+"""Reliability: weights-only checkpoints, atomic writes, model configs, non-finite steps, resume after SIGKILL,
+config errors."""
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import signal
@@ -14,22 +13,58 @@ import time
 
 import pytest
 import torch
+from conftest import (
+    ROOT,
+    SMALL_ENCODER,
+    SMALL_GEOMETRY,
+    SMALL_STAGES,
+    TINY_CONFIG,
+    cli_config_files,
+    config_files,
+    small_cascade,
+    small_geometry,
+)
 from ignite.engine import Events
 from scripts.checkpoint import (
-    check_preset,
+    MODEL_CONFIG_KEYS,
+    AtomicCheckpointSaver,
+    TrainingStateHandler,
+    check_model_config,
     load_checkpoint,
     load_network_weights,
-    preset_record,
+    model_config,
+    read_model_config,
     save_checkpoint,
 )
 
-TINY_STAGES = [{"grid_size": 8, "patch_size": 2, "width": 32, "depth": 1, "heads": 2}]
-GEOMETRY_KW = {"views": ("pa", "lateral"), "detector_shape": 32, "pixel_spacing_mm": 17.6}
-TINY_ENCODER = {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32}
+#: The model config of the small cascade (conftest's stages, encoder and 32² geometry; common.yaml's physics).
+RECORD_SETTINGS = {
+    "network": "XrayToCTCascade",
+    "preset": "tiny",
+    "stages": SMALL_STAGES,
+    "encoder": SMALL_ENCODER,
+    "use_depth_lifting": True,
+    "fov_mm": 320.0,
+    "geometry": SMALL_GEOMETRY,
+    "physics": {"mu_water_per_mm": 0.0206, "max_line_integral": 10.0},
+    "hu_window": (-1000.0, 2000.0),
+    "prediction_type": "v_prediction",
+    "noise_schedule": "scaled_linear_beta",
+    "num_train_timesteps": 1000,
+}
+#: The tail of every check_model_config message.
+LEAVE_IT_UNSET = (
+    "; it is part of what the weights mean and comes from the checkpoint, so leave it unset (sampling settings stay "
+    "free)."
+)
 
 
-def _record(name="tiny", stages=TINY_STAGES, encoder=TINY_ENCODER):
-    return preset_record(name, stages, encoder, 320.0, True)
+def _record(**changes):
+    return model_config(**dict(RECORD_SETTINGS, **changes))
+
+
+def _contradiction(key, path, found, given):
+    return f"{key}: the checkpoint {path} was trained with {found!r}, this run gives {given!r}{LEAVE_IT_UNSET}"
 
 
 class _Payload:
@@ -92,12 +127,14 @@ def test_missing_and_truncated_checkpoints_are_named(tmp_path):
         load_checkpoint(path)
 
 
-def test_save_checkpoint_records_preset_and_config_and_is_atomic(tmp_path, monkeypatch):
+def test_save_checkpoint_records_model_config_and_config_and_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "model.pt"
-    save_checkpoint(path, {"network": {"w": torch.ones(3)}}, _record(), {"stage": 0, "hu_window": (-1000.0, 2000.0)})
+    save_checkpoint(path, {"network": {"w": torch.ones(3)}}, _record(), {"stage": 0, "seed": (1, 2)})
     loaded = load_checkpoint(path)
-    assert loaded["preset"] == _record() and loaded["preset"]["name"] == "tiny"
-    assert loaded["config"] == {"stage": 0, "hu_window": [-1000.0, 2000.0]}
+    assert set(loaded) == {"network", "model_config", "config"}
+    assert loaded["model_config"] == _record() and loaded["model_config"]["preset"] == "tiny"
+    assert loaded["config"] == {"stage": 0, "seed": [1, 2]}  # JSON-plain: it round-trips under weights_only
+    assert read_model_config(path) == _record()
     assert torch.equal(loaded["network"]["w"], torch.ones(3))
     # A writer that dies half-way leaves the previous checkpoint intact and no temporary file behind.
     real_save = torch.save
@@ -128,39 +165,106 @@ def test_nonfinite_weights_never_reach_a_checkpoint(tmp_path):
     assert torch.equal(load_checkpoint(path)["network"]["w"], torch.ones(2))
 
 
-def test_checkpoint_of_another_preset_names_both(tmp_path):
-    quick = _record("quick_2stage", stages=[dict(TINY_STAGES[0], grid_size=16)])
+def test_model_config_is_a_plain_record_of_what_the_weights_mean():
+    record = _record()
+    assert tuple(record) == MODEL_CONFIG_KEYS
+    assert json.loads(json.dumps(record)) == record  # JSON-plain (tuples became lists)
+    assert record["hu_window"] == [-1000.0, 2000.0] and record["geometry"]["views"] == ["pa", "lateral"]
+    assert record["geometry"]["detector_shape"] == [32, 32] and record["geometry"]["pixel_spacing_mm"] == [17.6, 17.6]
+    # The geometry as an object or as its config mapping gives the same record; so does a dotted _target_.
+    assert _record(geometry=small_geometry(32), network="scripts.networks.XrayToCTCascade") == record
+    # Objectives without a beta schedule record none.
+    assert _record(prediction_type="rectified_flow")["noise_schedule"] is None
+    assert _record(prediction_type="epsilon")["noise_schedule"] == "scaled_linear_beta"
     with pytest.raises(ValueError) as info:
-        check_preset(quick, _record(), "ckpt/model.pt")
-    assert str(info.value) == (
-        "checkpoint ckpt/model.pt was trained with preset 'quick_2stage' but this config is preset 'tiny' "
-        "(stages differ: stages[0].grid_size is 16 in the checkpoint, 8 in this config)."
-    )
+        _record(network="scripts.networks.UNet")
+    assert str(info.value) == "network: 'UNet' is not one of ['XrayToCTCascade', 'LiftedRegressor']."
     with pytest.raises(ValueError) as info:
-        check_preset(_record(encoder=dict(TINY_ENCODER, depth=2)), _record(), "m.pt")
-    assert str(info.value) == (
-        "checkpoint m.pt was trained with preset 'tiny' but with other settings than this config's preset 'tiny' "
-        "(encoder differs: encoder.depth is 2 in the checkpoint, 1 in this config)."
-    )
-    with pytest.raises(
-        ValueError, match=r"\(name differs: name is 'custom' in the checkpoint, 'tiny' in this config\)"
-    ):
-        check_preset(_record("custom"), _record(), "m.pt")
-    check_preset(_record(), _record(), "m.pt")  # the same preset passes, and so does a checkpoint without a record
-    check_preset(None, _record(), "m.pt")
+        _record(hu_window=(2000.0, -1000.0))
+    assert str(info.value) == "hu_window must be (low, high) in HU with high > low, got (2000.0, -1000.0)."
 
 
-def test_load_network_weights_checks_preset_and_shapes(tmp_path):
+def test_checkpoint_of_other_settings_is_refused_naming_the_key():
+    given = _record()
+    cases = [
+        (_record(preset="quick_2stage"), "preset", "quick_2stage", "tiny"),
+        (_record(stages=[dict(SMALL_STAGES[0], grid_size=16), SMALL_STAGES[1]]), "stages#0#grid_size", 16, 8),
+        (_record(stages=SMALL_STAGES[:1]), "stages", SMALL_STAGES[:1], SMALL_STAGES),  # another number of stages
+        (_record(encoder=dict(SMALL_ENCODER, depth=2)), "encoder#depth", 2, 1),
+        (
+            _record(geometry=dict(SMALL_GEOMETRY, source_to_detector_mm=1000.0)),
+            "geometry#source_to_detector_mm",
+            1000.0,
+            given["geometry"]["source_to_detector_mm"],
+        ),
+        (_record(num_train_timesteps=500), "num_train_timesteps", 500, 1000),
+    ]
+    for found, key, in_checkpoint, in_run in cases:
+        with pytest.raises(ValueError) as info:
+            check_model_config(found, given, "ckpt/model.pt")
+        assert str(info.value) == _contradiction(key, "ckpt/model.pt", in_checkpoint, in_run)
+        assert "\n" not in str(info.value)
+    # The architecture is compared before the rest: with both differing, the preset is named.
+    with pytest.raises(ValueError, match=r"^preset: "):
+        check_model_config(_record(preset="other", hu_window=(-1024.0, 3071.0)), given, "m.pt")
+    # The same settings pass (tuples and lists alike) and the checkpoint's record comes back.
+    assert check_model_config(_record(), dict(given, hu_window=(-1000.0, 2000.0)), "m.pt") == given
+
+
+def test_records_without_a_model_config_are_refused_or_converted(tmp_path):
+    path = tmp_path / "bare.pt"
+    save_checkpoint(path, {"network": {"w": torch.ones(1)}})
+    with pytest.raises(ValueError) as info:
+        read_model_config(path)
+    assert str(info.value).startswith(
+        f"checkpoint {path} records no model_config (and no 0.2.0 preset/config): nothing says what its weights mean."
+    )
+    torch.save({"model_config": {"network": "XrayToCTCascade", "preset": "tiny"}}, path)
+    with pytest.raises(ValueError) as info:
+        read_model_config(path)
+    missing = [k for k in MODEL_CONFIG_KEYS if k not in ("network", "preset")]
+    assert str(info.value) == f"checkpoint {path}: its model_config lacks {missing}."
+    # A 0.2.0 record (preset + config, the geometry as its repr) converts to the same model config.
+    legacy = {
+        "preset": {
+            "name": "tiny",
+            "stages": SMALL_STAGES,
+            "encoder": SMALL_ENCODER,
+            "fov_mm": 320.0,
+            "use_depth_lifting": True,
+        },
+        "config": {
+            "geometry": repr(small_geometry(32)),
+            "physics": RECORD_SETTINGS["physics"],
+            "hu_window": [-1000.0, 2000.0],
+            "prediction_type": "v_prediction",
+            "num_train_timesteps": 1000,
+        },
+    }
+    assert legacy["config"]["geometry"].startswith("ProjectionGeometry(views=")
+    assert read_model_config(legacy) == _record()
+    # Its geometry text is read as literals only: code in it is refused, never run.
+    marker = tmp_path / "payload_ran"
+    text = f"ProjectionGeometry(views=open({str(marker)!r}, 'w'))"
+    with pytest.raises(ValueError, match=re.escape(f"its 0.2.0 geometry record {text!r} is unreadable")):
+        read_model_config({**legacy, "config": {**legacy["config"], "geometry": text}})
+    assert not marker.exists()
+
+
+def test_load_network_weights_checks_model_config_and_shapes(tmp_path):
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     path = tmp_path / "model.pt"
     ema = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items()}
     save_checkpoint(path, {"network": net.state_dict(), "ema": ema}, _record())
     fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     checkpoint = load_network_weights(fresh, path, _record())
-    assert checkpoint["preset"]["name"] == "tiny"
+    assert checkpoint["model_config"] == _record()
     assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in fresh.state_dict().values())  # the EMA weights
-    with pytest.raises(ValueError, match="was trained with preset 'tiny' but this config is preset 'quick_2stage'"):
-        load_network_weights(fresh, path, _record("quick_2stage"))
+    load_network_weights(fresh, path, _record(), keys=("network",))  # the raw training weights, when asked for
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(ValueError) as info:
+        load_network_weights(fresh, path, _record(preset="quick_2stage"))
+    assert str(info.value) == _contradiction("preset", path, "tiny", "quick_2stage")
     other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
     with pytest.raises(ValueError) as info:
         load_network_weights(other, path, None)
@@ -168,21 +272,22 @@ def test_load_network_weights_checks_preset_and_shapes(tmp_path):
         f"checkpoint {path} does not fit this network: shape (checkpoint vs network) "
         "['0.weight (4, 3) vs (5, 3)', '0.bias (4,) vs (5,)', '1.weight (2, 4) vs (2, 5)']."
     )
-    torch.save({"0.weight": torch.ones(4, 3)}, path)  # a bare, partial state dict
+    torch.save({"0.weight": torch.ones(4, 3)}, path)  # a bare, partial state dict (no record)
     with pytest.raises(ValueError) as info:
-        load_network_weights(fresh, path, _record())
+        load_network_weights(fresh, path, None)
     assert str(info.value) == f"checkpoint {path} does not fit this network: missing ['0.bias', '1.weight', '1.bias']."
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {path} records no model_config")):
+        load_network_weights(fresh, path, _record())  # with a record to check, a file without one is refused
 
 
 def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
     from ignite.engine import Engine
-    from scripts.engines.checkpointing import AtomicCheckpointSaver
 
     net = torch.nn.Linear(2, 2)
     saver = AtomicCheckpointSaver(
         save_dir=str(tmp_path),
         save_dict={"network": net},
-        preset=_record(),
+        model_config=_record(),
         config={"stage": 0},
         save_final=True,
         final_filename="model.pt",
@@ -191,8 +296,8 @@ def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
     saver.attach(engine)
     engine.run([0], max_epochs=1)
     saved = load_checkpoint(tmp_path / "model.pt")
-    assert set(saved) == {"network", "preset", "config"} and saved["config"] == {"stage": 0}
-    assert saved["preset"] == _record() and torch.equal(saved["network"]["weight"], net.weight)
+    assert set(saved) == {"network", "model_config", "config"} and saved["config"] == {"stage": 0}
+    assert saved["model_config"] == _record() and torch.equal(saved["network"]["weight"], net.weight)
     # A non-finite model is refused: training stops with the error and the last good file stays.
     with torch.no_grad():
         net.bias.fill_(float("inf"))
@@ -208,9 +313,8 @@ def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
 
 def test_every_torch_load_in_the_repository_is_weights_only():
     import ast
-    from pathlib import Path
 
-    root, offenders = Path(ROOT).resolve(), []
+    root, offenders = ROOT.resolve(), []
     for path in sorted(root.glob("**/*.py")):
         if any(part in {".git", "models", "demo", "build"} or part.endswith(".egg-info") for part in path.parts):
             continue
@@ -233,15 +337,13 @@ def test_every_torch_load_in_the_repository_is_weights_only():
 # ---- non-finite steps ---------------------------------------------------------------------------------------------
 
 
-def _nan_trainer(batches, max_nonfinite_steps=3, hook=None):
+def _nan_trainer(batches, max_nonfinite_steps=3):
     from monai.data import DataLoader
     from monai.networks.schedulers import DDPMScheduler
     from scripts.engines import CascadeDiffusionTrainer, DiffusionObjective
-    from scripts.networks import XrayToCTCascade
-    from scripts.physics import ProjectionGeometry
 
     torch.manual_seed(0)
-    net = XrayToCTCascade(ProjectionGeometry(**GEOMETRY_KW), 320.0, TINY_STAGES, encoder=TINY_ENCODER)
+    net = small_cascade(SMALL_STAGES[:1])  # one 8³ stage, 32² views
     items = [{"image_8": torch.rand(1, 8, 8, 8) * 2 - 1, "xray": torch.full((2, 32, 32), x)} for x in batches]
     trainer = CascadeDiffusionTrainer(
         device=torch.device("cpu"),
@@ -308,29 +410,21 @@ def test_nonfinite_steps_in_a_row_stop_training_with_a_clear_error():
 
 # ---- resume after SIGKILL -----------------------------------------------------------------------------------------
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY_RUN = {
+    **TINY_CONFIG,
     "synthetic_count": 4,  # 2 training cases: with batch_size 1, two iterations per epoch (a kill can land mid-epoch)
     "synthetic_size": 32,
     "synthetic_spacing_mm": 10.0,
-    "image_size": 16,
-    "stage_sizes": [8, 16],
-    "stages": [TINY_STAGES[0], dict(TINY_STAGES[0], grid_size=16)],
-    "encoder": TINY_ENCODER,
-    "geometry#detector_shape": [32, 32],
-    "geometry#pixel_spacing_mm": [17.6, 17.6],
     "max_epochs": 4,
     "batch_size": 1,
     "val_interval": 1000,
-    "num_inference_steps": 2,
     "ssim_window": 3,
     "checkpoint_interval": 1,
-    "progress_bar": False,
 }
 
 
 def _training_command(tmp_path, models, **extra):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", cli_config_files("train.yaml")]
     settings = dict(TINY_RUN, dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"), **extra)
     for key, value in dict(settings, ckpt_dir=str(models)).items():
         cmd += [f"--{key}", json.dumps(value)]
@@ -380,6 +474,7 @@ def test_training_killed_with_sigkill_resumes_bit_identically(tmp_path):
     reference = load_checkpoint(tmp_path / "full" / "stage_0" / "training_state.pt")
     again = load_checkpoint(state)
     assert again["trainer"]["iteration"] == reference["trainer"]["iteration"] == 8
+    assert again["model_config"]["stages"] == SMALL_STAGES and again["config"]["stage"] == 0  # the records too
     _assert_identical(again, reference)
     for name in ("model.pt", "model_best.pt"):
         _assert_identical(load_checkpoint(state.parent / name), load_checkpoint(tmp_path / "full" / "stage_0" / name))
@@ -388,34 +483,38 @@ def test_training_killed_with_sigkill_resumes_bit_identically(tmp_path):
 
 def _state_run(path, data, max_epochs=2, resume=False, preset="tiny"):
     from ignite.engine import Engine
-    from scripts.engines.checkpointing import TrainingStateHandler
 
     net = torch.nn.Linear(2, 2)
     engine = Engine(lambda e, b: None)
-    TrainingStateHandler(path, {"network": net}, interval=1, resume=resume, preset=_record(preset)).attach(engine)
+    handler = TrainingStateHandler(
+        path, {"network": net}, interval=1, resume=resume, model_config=_record(preset=preset), config={"stage": 0}
+    )
+    handler.attach(engine)
     engine.run(data, max_epochs=max_epochs)
     return engine
 
 
 def test_resume_errors_name_the_problem(tmp_path):
-    from scripts.engines.checkpointing import TrainingStateHandler
-
     path = tmp_path / "training_state.pt"
-    with pytest.raises(
-        ValueError, match=re.escape("checkpoint_interval must be a non-negative integer (0: off), got -1")
-    ):
+    with pytest.raises(ValueError) as info:
         TrainingStateHandler(path, {}, interval=-1)
-    with pytest.raises(ValueError, match=re.escape("resume must be true or false, got 'maybe'.")):
+    assert str(info.value) == "checkpoint_interval must be a non-negative integer (0: off), got -1."
+    with pytest.raises(ValueError) as info:  # MONAI's str2bool, as the command line passes it
         TrainingStateHandler(path, {}, resume="maybe")
-    assert TrainingStateHandler(path, {}, resume="true").resume is True  # as the command line passes it
+    assert str(info.value).startswith('Got "maybe", expected a value from: yes, true, ')
+    assert TrainingStateHandler(path, {}, resume="true").resume is True
+    assert TrainingStateHandler(path, {}, resume="false").resume is False
+    with pytest.raises(ValueError, match=re.escape("names ['config', 'trainer'] are reserved")):
+        TrainingStateHandler(path, {"trainer": torch.nn.Linear(1, 1), "config": torch.nn.Linear(1, 1)})
     with pytest.raises(FileNotFoundError, match=re.escape(f"checkpoint {path} does not exist.")):
         _state_run(path, [0, 1], resume=True)
     _state_run(path, [0, 1])
-    assert load_checkpoint(path)["trainer"]["iteration"] == 4
-    with pytest.raises(
-        ValueError, match=re.escape(f"checkpoint {path} was trained with preset 'tiny' but this config")
-    ):
+    state = load_checkpoint(path)
+    assert state["trainer"]["iteration"] == 4
+    assert state["model_config"] == _record() and state["config"] == {"stage": 0}
+    with pytest.raises(ValueError) as info:
         _state_run(path, [0, 1], max_epochs=3, resume=True, preset="quick_2stage")
+    assert str(info.value) == _contradiction("preset", path, "tiny", "quick_2stage")
     with pytest.raises(ValueError) as info:
         _state_run(path, [0, 1, 2], max_epochs=3, resume=True)
     assert str(info.value) == (
@@ -432,7 +531,6 @@ def test_resume_errors_name_the_problem(tmp_path):
 
 def _ddp_state_worker(rank, path, init):
     from ignite.engine import Engine
-    from scripts.engines.checkpointing import TrainingStateHandler
 
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
@@ -459,111 +557,50 @@ def test_ddp_ranks_keep_their_own_random_streams_across_resume(tmp_path):
 
 
 # ---- configuration errors -----------------------------------------------------------------------------------------
-
-CONFIGS = os.path.join(ROOT, "bundle", "configs")
-KNOWN = ["custom", "progressive_3stage", "quick_2stage", "stage4_512x512x604", "tiny"]  # and any preset added later
-
-
-def _settings(**overrides):
-    base = {
-        "preset": "tiny",
-        "stage": 0,
-        "stages": [{"grid_size": 8}, {"grid_size": 16}],
-        "stage_sizes": [8, 16],
-        "image_size": 16,
-        "hu_window": [-1000.0, 2000.0],
-        "num_train_timesteps": 1000,
-        "num_inference_steps": 20,
-        "previous_sample_steps": 5,
-        "ssim_window": 7,
-        "learning_rate": 3e-4,
-        "weight_decay": 0.01,
-        "ema_momentum": 0.01,
-        "batch_size": 2,
-        "max_epochs": 10,
-        "val_interval": 2,
-        "cache_rate": 1.0,
-        "num_workers": 0,
-    }
-    return dict(base, **overrides)
+# Each value is checked by what owns it (the network, the geometry, the model config, MONAI's and ignite's classes,
+# torch's optimizer and DataLoader, the bundle's handlers); the workflow stops at initialize with that message.
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    "overrides, message, before_data",
     [
         (
-            {"preset": "quick2stage"},
-            "preset: unknown preset 'quick2stage'; known: {known} (the preset: of train.yaml and of "
-            "configs/stages/*.yaml; an architecture of your own is preset 'custom').",
+            {"geometry#views": ["pa", "oblique"]},
+            "views: unknown view name 'oblique'; expected one of ['lateral', 'pa'] or a gantry angle in degrees.",
+            True,
         ),
         (
-            {"stage": 1, "stage_sizes": [8, 32]},
-            "stage_sizes [8, 32] must contain the grid size of every stage this run uses: stages[1].grid_size is 16 "
-            "(the training batches carry image_<size> for each size).",
-        ),
-        (
-            {"image_size": 8},
-            "image_size (8) must be at least the largest of stage_sizes (16): the stage volumes are resized from it.",
-        ),
-        (
-            {"ssim_window": 9},
-            "ssim_window must be a positive number of voxels no larger than the smallest stage grid (8), got 9.",
-        ),
-        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer (or one per stage), got 0."),
-        (
-            {"num_inference_steps": [5, -1]},
-            "num_inference_steps must be a positive integer (or one per stage), got [5, -1].",
-        ),
-        ({"num_inference_steps": 2000}, "num_inference_steps (2000) cannot exceed num_train_timesteps (1000)."),
-        ({"num_train_timesteps": 0}, "num_train_timesteps must be a positive integer, got 0."),
-        ({"previous_sample_steps": 0}, "previous_sample_steps must be a positive integer, got 0."),
-        ({"learning_rate": -1e-4}, "learning_rate must be a positive number, got -0.0001."),
-        ({"weight_decay": -0.01}, "weight_decay must be a number >= 0.0, got -0.01."),
-        ({"ema_momentum": 1.5}, "ema_momentum must be a number in (0.0, 1.0], got 1.5."),
-        ({"cache_rate": 2}, "cache_rate must be a number in [0.0, 1.0], got 2."),
-        ({"batch_size": 0}, "batch_size must be a positive integer, got 0."),
-        ({"max_epochs": -3}, "max_epochs must be a positive integer, got -3."),
-        ({"val_interval": 0}, "val_interval must be a positive integer, got 0."),
-        ({"num_workers": -1}, "num_workers must be an integer >= 0, got -1."),
-        ({"hu_window": [2000, -1000]}, "hu_window must be (low, high) in HU with high > low, got [2000, -1000]."),
-    ],
-)
-def test_bad_training_settings_are_named(overrides, message):
-    from scripts.engines.settings import check_training_settings, known_presets
-
-    known = known_presets(CONFIGS)
-    assert set(KNOWN) <= set(known)
-    check_training_settings(_settings(), CONFIGS)  # the defaults pass
-    with pytest.raises(ValueError) as info:
-        check_training_settings(_settings(**overrides), CONFIGS)
-    assert str(info.value) == message.format(known=known)
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"preset": "tinny"}, "preset: unknown preset 'tinny'; known: "),
-        ({"geometry#views": ["pa", "oblique"]}, "views: unknown view name 'oblique'; expected one of "),
-        (
-            {"stages": [dict(TINY_STAGES[0], patch_size=3), dict(TINY_STAGES[0], grid_size=16)]},
+            {"stages": [dict(SMALL_STAGES[0], patch_size=3), SMALL_STAGES[1]]},
             "stages[0]: grid_size (8, 8, 8) must be divisible by patch_size (3, 3, 3).",
+            True,
         ),
-        ({"num_inference_steps": -2}, "num_inference_steps must be a positive integer (or one per stage), got -2."),
-        ({"learning_rate": -0.1}, "learning_rate must be a positive number, got -0.1."),
+        ({"stage": 7}, "stage must be -1 (joint) or in [0, 1], got 7.", True),
+        (
+            {"hu_window": [2000, -1000]},
+            "hu_window must be (low, high) in HU with high > low, got [2000, -1000].",
+            True,
+        ),
+        ({"ema_momentum": 1.5}, "Invalid momentum: 1.5", True),  # ignite's EMAHandler
+        ({"learning_rate": -0.1}, "Invalid learning rate: -0.1", False),  # torch's AdamW
+        ({"batch_size": 0}, "batch_size should be a positive integer value, but got batch_size=0", False),
+        ({"physics_loss_weight": -0.5}, "physics_loss_weight must be a non-negative number, got -0.5.", False),
+        ({"physics_timestep_gate": 0}, "physics_timestep_gate must be in (0, 1], got 0.", False),
+        ({"checkpoint_interval": -1}, "checkpoint_interval must be a non-negative integer (0: off), got -1.", False),
     ],
 )
-def test_training_workflow_names_the_bad_key_before_building_anything(tmp_path, overrides, message):
+def test_training_workflow_names_the_bad_setting_at_initialize(tmp_path, overrides, message, before_data):
     from monai.bundle import ConfigWorkflow
 
-    settings = {k: v for k, v in TINY_RUN.items() if k not in ("synthetic_count", "checkpoint_interval")}
     workflow = ConfigWorkflow(
-        config_file=os.path.join(CONFIGS, "train.yaml"),
+        config_file=config_files("train.yaml"),
         workflow_type=None,
         run_id="training",
-        **dict(settings, dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), **overrides),
+        **dict(TINY_RUN, dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), **overrides),
     )
     with pytest.raises(RuntimeError) as info:
         workflow.initialize()
     cause = info.value.__cause__
-    assert isinstance(cause, ValueError) and str(cause).startswith(message), repr(cause)
-    assert not (tmp_path / "data").exists()  # failed before preparing or caching any data
+    assert isinstance(cause, ValueError) and str(cause) == message, repr(cause)
+    # The network, geometry and model config are built before the data: those fail before preparing any of it.
+    assert (tmp_path / "data").exists() is not before_data
+    assert not (tmp_path / "models" / "stage_0" / "config.json").exists()  # no run was recorded

@@ -1,38 +1,29 @@
-"""The training workflow through MONAI's ConfigWorkflow, with tiny overrides (16³ grids, 1-2 epochs)."""
+"""The training workflow through MONAI's ConfigWorkflow (common.yaml + train.yaml), with tiny overrides (8³ -> 16³
+grids, 1-2 epochs)."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 
 import pytest
 import torch
+from conftest import ROOT, SMALL_STAGES, TINY_CONFIG, cli_config_files, config_files, config_parser
 from monai.bundle import ConfigWorkflow
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
 TINY = {
+    **TINY_CONFIG,
     "synthetic_count": 4,
     "synthetic_size": 32,
     "synthetic_spacing_mm": 10.0,
-    "image_size": 16,
-    "stage_sizes": [8, 16],
-    "stages": [
-        {"grid_size": 8, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
-        {"grid_size": 16, "patch_size": 2, "width": 32, "depth": 1, "heads": 2},
-    ],
-    "encoder": {"stem_channels": [8, 16], "patch_size": 2, "dim": 32, "heads": 2, "depth": 1, "global_dim": 32},
-    "geometry#detector_shape": [32, 32],
-    "geometry#pixel_spacing_mm": [17.6, 17.6],
     "max_epochs": 1,
     "val_interval": 1,
-    "num_inference_steps": 2,
     "ssim_window": 3,
     "batch_size": 2,
 }
 
 
 def _run(tmp_path, presets=(), **overrides):
-    files = [os.path.join(CONFIGS, "train.yaml")] + [os.path.join(CONFIGS, p) for p in presets]
     settings = dict(
         TINY,
         dataset_dir=str(tmp_path / "data"),
@@ -40,13 +31,20 @@ def _run(tmp_path, presets=(), **overrides):
         output_dir=str(tmp_path / "runs"),
         **overrides,
     )
-    workflow = ConfigWorkflow(config_file=files, workflow_type=None, run_id="training", **settings)
+    workflow = ConfigWorkflow(
+        config_file=config_files("train.yaml", *presets), workflow_type=None, run_id="training", **settings
+    )
     workflow.initialize()
     workflow.run()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     workflow.finalize()
     return trainer, evaluator
+
+
+def _model_config(**overrides):
+    """This run's model config as train.yaml resolves it (with the tiny overrides)."""
+    return config_parser("train.yaml", **dict(TINY, **overrides)).get_parsed_content("model_config")
 
 
 def test_stage_zero_then_stage_one(tmp_path):
@@ -57,37 +55,55 @@ def test_stage_zero_then_stage_one(tmp_path):
     assert 0.0 < evaluator.state.metrics["val_mae_hu"] < 3000.0
     stage0 = tmp_path / "models" / "stage_0"
     assert sorted(p.name for p in stage0.iterdir()) == ["config.json", "model.pt", "model_best.pt"]
-    config = json.loads((stage0 / "config.json").read_text())
-    assert config["stage"] == 0 and config["prediction_type"] == "v_prediction" and config["stages"] == TINY["stages"]
+    record = json.loads((stage0 / "config.json").read_text())
+    assert set(record) == {"model_config", "config"}
+    model_config, config = record["model_config"], record["config"]
+    assert model_config == _model_config()  # what the weights mean, as this run's settings give it
+    assert model_config["network"] == "XrayToCTCascade" and model_config["preset"] == "tiny"
+    assert model_config["stages"] == SMALL_STAGES and model_config["prediction_type"] == "v_prediction"
+    assert model_config["geometry"]["detector_shape"] == [32, 32]
+    assert config == {
+        "stage": 0,
+        "use_physics_loss": True,
+        "physics_loss_weight": 0.3,
+        "physics_timestep_gate": 0.5,
+        "cond_noise_max": 0.2,
+        "learning_rate": 0.0003,
+        "batch_size": 2,
+        "max_epochs": 1,
+        "seed": 0,
+    }
     checkpoint = torch.load(stage0 / "model.pt", weights_only=True)
-    assert set(checkpoint) == {"network", "ema", "optimizer", "preset", "config"}
-    assert checkpoint["preset"]["name"] == "tiny" and checkpoint["preset"]["stages"] == TINY["stages"]
-    assert checkpoint["config"] == config  # the run's config.json
+    assert set(checkpoint) == {"network", "ema", "optimizer", "model_config", "config"}
+    assert checkpoint["model_config"] == model_config and checkpoint["config"] == config  # the run's config.json
     best = torch.load(stage0 / "model_best.pt", weights_only=True)
-    assert set(best) == {"network", "preset", "config"} and best["preset"] == checkpoint["preset"]
+    assert set(best) == {"network", "model_config", "config"} and best["model_config"] == model_config
     assert not [p for p in stage0.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    # The record alone rebuilds the trained network: its weights load strictly into it.
+    from scripts.checkpoint import build_network, load_network_weights, read_model_config, stage_checkpoint
+
+    assert stage_checkpoint(tmp_path / "models", 0) == stage0 / "model.pt"
+    rebuilt = build_network(read_model_config(stage0 / "model.pt"))
+    load_network_weights(rebuilt, stage0 / "model.pt", model_config)
+    assert all(torch.equal(v, checkpoint["ema"][k]) for k, v in rebuilt.state_dict().items())
     # Stage 1 starts from stage 0's EMA weights and keeps them (and the encoder) fixed.
     _run(tmp_path, stage=1)
-    stage1 = torch.load(tmp_path / "models" / "stage_1" / "model.pt", weights_only=True)["network"]
+    stage1 = torch.load(tmp_path / "models" / "stage_1" / "model.pt", weights_only=True)
+    assert stage1["config"]["stage"] == 1 and stage1["model_config"] == model_config
     for key, value in checkpoint["ema"].items():
         if key.startswith(("encoder.", "stages.0.")):
-            assert torch.equal(stage1[key], value), key
+            assert torch.equal(stage1["network"][key], value), key
     # Joint fine-tuning starts from the trained cascade (stage 1's EMA weights, every stage) ...
-    from monai.bundle import ConfigParser
-    from scripts.engines import load_earlier_stages
+    from scripts.checkpoint import load_earlier_stages
 
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "train.yaml"))
-    for key, value in TINY.items():
-        parser[key] = value
+    parser = config_parser("train.yaml", **TINY)
     fresh = parser.get_parsed_content("network_def")
-    load_earlier_stages(fresh, tmp_path / "models", -1)
-    ema1 = torch.load(tmp_path / "models" / "stage_1" / "model.pt", weights_only=True)["ema"]
-    assert all(torch.equal(v, ema1[k]) for k, v in fresh.state_dict().items())
+    load_earlier_stages(fresh, tmp_path / "models", -1, parser.get_parsed_content("model_config"))
+    assert all(torch.equal(v, stage1["ema"][k]) for k, v in fresh.state_dict().items())
     # ... and runs.
     _run(tmp_path, stage=-1)
-    joint = torch.load(tmp_path / "models" / "joint" / "model.pt", weights_only=True)["network"]
-    assert set(joint) == set(stage1)
+    joint = torch.load(tmp_path / "models" / "joint" / "model.pt", weights_only=True)
+    assert set(joint["network"]) == set(stage1["network"]) and joint["config"]["stage"] == -1
     events = list((tmp_path / "runs").glob("events.out.tfevents.*"))
     assert events  # TensorBoard scalars and preview images
 
@@ -98,20 +114,23 @@ def test_other_objectives_train_and_validate(tmp_path, prediction_type, use_phys
     trainer, evaluator = _run(
         tmp_path, prediction_type=prediction_type, use_physics_loss=use_physics_loss, physics_timestep_gate=1.0
     )
-    config = json.loads((tmp_path / "models" / "stage_0" / "config.json").read_text())
-    assert config["prediction_type"] == prediction_type and config["use_physics_loss"] is use_physics_loss
+    record = json.loads((tmp_path / "models" / "stage_0" / "config.json").read_text())
+    assert record["model_config"]["prediction_type"] == prediction_type
+    # Rectified flow has no beta schedule: the record says none.
+    expected_schedule = None if prediction_type == "rectified_flow" else "scaled_linear_beta"
+    assert record["model_config"]["noise_schedule"] == expected_schedule
+    assert record["config"]["use_physics_loss"] is use_physics_loss and record["config"]["physics_timestep_gate"] == 1.0
     loss_drr = float(trainer.state.output[0]["loss_drr"])
     assert (loss_drr > 0) if use_physics_loss else (loss_drr == 0)
     assert 0.0 < evaluator.state.metrics["val_mae_hu"] < 3000.0
 
 
-@pytest.mark.parametrize("preset", ["stages/quick_2stage.yaml", "stages/progressive_3stage.yaml"])
+@pytest.mark.parametrize("preset", ["quick_2stage", "progressive_3stage"])
 def test_presets_stack_on_train_yaml(tmp_path, preset):
-    # The preset's encoder applies; its stage list and sizes are shrunk back to the tiny ones by the overrides.
+    # The preset's encoder applies; its stage list is shrunk back to the tiny one by the overrides.
     settings = {k: v for k, v in TINY.items() if k != "encoder"}
-    files = [os.path.join(CONFIGS, "train.yaml"), os.path.join(CONFIGS, preset)]
     workflow = ConfigWorkflow(
-        config_file=files,
+        config_file=config_files("train.yaml", f"stages/{preset}.yaml"),
         workflow_type=None,
         run_id="training",
         **settings,
@@ -123,53 +142,72 @@ def test_presets_stack_on_train_yaml(tmp_path, preset):
     workflow.run()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.cascade.num_stages == 2 and trainer.cascade.encoder.dim == 256  # the preset's encoder
-    assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
+    # The stage grids come from the stages (stage_sizes and image_size are derived, never set).
+    assert workflow.parser.get_parsed_content("stage_sizes") == [8, 16]
+    assert workflow.parser.get_parsed_content("image_size") == 16
+    checkpoint = torch.load(tmp_path / "models" / "stage_0" / "model.pt", weights_only=True)
+    assert checkpoint["model_config"]["preset"] == preset and checkpoint["model_config"]["encoder"]["dim"] == 256
 
 
 def test_checkpoint_of_another_network_is_refused(tmp_path):
-    from monai.bundle import ConfigParser
-    from scripts.engines import load_earlier_stages
+    from scripts.checkpoint import load_earlier_stages
 
     _run(tmp_path)
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "train.yaml"))
-    for key, value in TINY.items():
-        parser[key] = value
-    parser["encoder"] = dict(TINY["encoder"], depth=2)  # one more encoder block than the checkpoint has
-    with pytest.raises(ValueError, match="does not match this network's earlier stages"):
-        load_earlier_stages(parser.get_parsed_content("network_def"), tmp_path / "models", 1)
+    path = tmp_path / "models" / "stage_0" / "model.pt"
+    deeper = dict(TINY["encoder"], depth=2)  # one more encoder block than the checkpoint has
+    parser = config_parser("train.yaml", **dict(TINY, encoder=deeper))
+    network = parser.get_parsed_content("network_def")
+    # The contradicting setting is named first, from the records ...
+    with pytest.raises(ValueError) as info:
+        load_earlier_stages(network, tmp_path / "models", 1, parser.get_parsed_content("model_config"))
+    assert str(info.value) == (
+        f"encoder#depth: the checkpoint {path} was trained with 1, this run gives 2; it is part of what the weights "
+        "mean and comes from the checkpoint, so leave it unset (sampling settings stay free)."
+    )
+    # ... and without a record to compare, the weights themselves do not fit.
+    with pytest.raises(ValueError) as info:
+        load_earlier_stages(network, tmp_path / "models", 1)
+    assert str(info.value).startswith(f"ckpt_dir: checkpoint {path} does not fit this network: missing ['encoder.")
+    assert str(info.value).endswith(" (its earlier stages).")
+    # Through the workflow, the same contradiction stops stage 1 before it trains.
+    with pytest.raises(RuntimeError) as info:
+        _run(tmp_path, stage=1, encoder=deeper)
+    assert str(info.value.__cause__).startswith(f"encoder#depth: the checkpoint {path} was trained with 1, ")
+    assert not (tmp_path / "models" / "stage_1" / "model.pt").exists()
 
 
 def test_missing_earlier_stage_is_named(tmp_path):
     with pytest.raises(RuntimeError) as info:
         _run(tmp_path, stage=1)
-    assert "ckpt_dir: training stage 1 needs the trained stage 0" in str(info.value.__cause__)
+    path = tmp_path / "models" / "stage_0" / "model.pt"
+    assert str(info.value.__cause__) == (
+        f"ckpt_dir: training stage 1 needs the trained stage 0 at {path}; train it first (--stage 0)."
+    )
 
 
 def test_negative_physics_weight_is_named(tmp_path):
     with pytest.raises(RuntimeError) as info:
         _run(tmp_path, physics_loss_weight=-0.5)
-    assert "physics_loss_weight must be a non-negative number" in repr(info.value.__cause__) + str(info.value)
+    assert str(info.value.__cause__) == "physics_loss_weight must be a non-negative number, got -0.5."
 
 
 def test_unknown_stage_is_named(tmp_path):
     with pytest.raises(RuntimeError) as info:
         _run(tmp_path, stage=7)
-    assert "stage must be -1 (joint) or in [0, 1], got 7" in str(info.value.__cause__)
+    assert str(info.value.__cause__) == "stage must be -1 (joint) or in [0, 1], got 7."
 
 
 def test_readme_training_command_runs_from_the_repository_root(tmp_path):
     import subprocess
     import sys
 
-    root = os.path.join(CONFIGS, "..", "..")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", cli_config_files("train.yaml")]
     settings = dict(
         TINY, dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs")
     )
     for key, value in settings.items():
         cmd += [f"--{key}", json.dumps(value)]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
     assert "val_psnr" in proc.stdout + proc.stderr
@@ -184,20 +222,25 @@ def test_mlflow_tracking_records_losses_and_metrics(tmp_path):
         dataset_dir=str(tmp_path / "data"),
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "runs"),
-        progress_bar=False,
     )
-    run("training", config_file=os.path.join(CONFIGS, "train.yaml"), tracking="mlflow", **settings)
+    run("training", config_file=config_files("train.yaml"), tracking="mlflow", **settings)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlruns.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert {"metrics.train_loss", "metrics.val_psnr", "metrics.val_ssim"} <= set(runs.columns)
 
 
 def test_datalist_without_validation_cases_is_named(tmp_path):
-    from scripts.engines import ensure_dataset
+    from scripts.data import ensure_dataset
 
-    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz"}], "validation": []}))
-    with pytest.raises(ValueError, match="has no 'validation' cases; training needs both"):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": "a.nii.gz"}], "validation": [], "test": [{"image": "b"}]}))
+    with pytest.raises(ValueError) as info:
         ensure_dataset(tmp_path)
-    (tmp_path / "datalist.json").write_text("{not json")
-    with pytest.raises(ValueError, match="is not a readable datalist"):
+    assert str(info.value) == (
+        f"dataset_dir: {datalist} has no 'validation' cases; this workflow needs ['training', 'validation'] "
+        "(prepare at least 2 cases for training)."
+    )
+    assert ensure_dataset(tmp_path, ["test"]) == datalist  # a workflow that needs only the test cases runs
+    datalist.write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(f"dataset_dir: {datalist} is not a readable datalist (")):
         ensure_dataset(tmp_path)
