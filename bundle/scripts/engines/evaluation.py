@@ -18,7 +18,6 @@ Metric definitions (also in ``metrics.json`` under ``definitions``):
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import SSIMMetric
+from monai.metrics import PSNRMetric, SSIMMetric
 
 from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
 from ..data import voxel_spacing
@@ -47,14 +46,19 @@ def _as_volume(x) -> torch.Tensor:
     return x
 
 
+def _psnr(pred: torch.Tensor, target: torch.Tensor, peak: float) -> float:
+    """3D PSNR in dB over the whole volume: MONAI's ``PSNRMetric``, the metric validation reports (on the CT scale,
+    peak 2) — one definition for both."""
+    return float(PSNRMetric(max_val=peak)(pred[None, None], target[None, None]).squeeze())
+
+
 def volume_metrics(pred_hu, target_hu, hu_window: Sequence[float], ssim_window: int = 7) -> dict[str, float]:
     """PSNR (dB), 3D SSIM and MAE (HU) of two ``(X, Y, Z)`` HU volumes inside the HU window (module docstring)."""
     low, high = float(hu_window[0]), float(hu_window[1])
     pred, target = _as_volume(pred_hu).clamp(low, high), _as_volume(target_hu).clamp(low, high)
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}.")
-    rmse = float(((pred - target) ** 2).mean().sqrt())
-    psnr = math.inf if rmse == 0 else 20.0 * math.log10((high - low) / rmse)
+    psnr = _psnr(pred, target, high - low)
     ssim = SSIMMetric(spatial_dims=3, data_range=high - low, win_size=ssim_window)(pred[None, None], target[None, None])
     return {"psnr": psnr, "ssim": float(ssim.mean()), "mae_hu": float((pred - target).abs().mean())}
 
@@ -69,8 +73,7 @@ def x2ct_metrics(pred_hu, target_hu, size: int = 128) -> dict[str, float]:
         return (x[0, 0] + 1024.0).clamp(0.0, 2500.0)
 
     pred, target = prepare(pred_hu), prepare(target_hu)
-    rmse = float(((pred - target) ** 2).mean().sqrt())
-    psnr = math.inf if rmse == 0 else 20.0 * math.log10(2500.0 / rmse)
+    psnr = _psnr(pred, target, 2500.0)
     metric = SSIMMetric(spatial_dims=2, data_range=2500.0, kernel_type="uniform", win_size=7)
     per_axis = []
     for axis in range(3):
