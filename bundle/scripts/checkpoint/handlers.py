@@ -316,7 +316,7 @@ class TrainingStateHandler:
         """Restore the state written by :meth:`save` into the engine and the objects."""
         state = load_checkpoint(self.path)  # FileNotFoundError / ValueError naming the file
         if self.model_config is not None:
-            check_model_config(read_model_config(state), self.model_config, self.path)
+            check_model_config(read_model_config(state, self.path), self.model_config, self.path)
         missing = [k for k in ("trainer", "rng", *self.objects) if k not in state]
         if missing:
             raise ValueError(f"resume: {self.path} is not a training state of this workflow (no {missing}).")

@@ -176,14 +176,19 @@ def _from_legacy(checkpoint: Mapping, path: Any) -> dict:
     )
 
 
-def read_model_config(checkpoint: str | os.PathLike | Mapping) -> dict:
+def read_model_config(checkpoint: str | os.PathLike | Mapping, path: str | os.PathLike | None = None) -> dict:
     """The model config of a checkpoint (a path, read ``weights_only``, or its loaded dictionary).
+
+    Args:
+        checkpoint: the file, or its content already loaded.
+        path: the file the content came from, for the messages (default: ``checkpoint`` when it is a path).
 
     Raises:
         FileNotFoundError / ValueError: the file is missing or unreadable, or records nothing usable (the message
-            says how to add a record).
+            names the file and says how to add a record).
     """
-    path = checkpoint if not isinstance(checkpoint, Mapping) else "<in memory>"
+    if path is None:
+        path = checkpoint if not isinstance(checkpoint, Mapping) else "<in memory>"
     content = load_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else checkpoint
     record = content.get("model_config")
     if record is None:

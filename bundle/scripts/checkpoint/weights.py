@@ -76,7 +76,7 @@ def load_network_weights(
     """
     checkpoint = load_checkpoint(path)
     if model_config is not None:
-        check_model_config(read_model_config(checkpoint), model_config, path)
+        check_model_config(read_model_config(checkpoint, path), model_config, path)
     state = _state(checkpoint, path, keys)
     module = unwrap(network)
     problem = _mismatch(path, module.state_dict(), state)
@@ -110,7 +110,7 @@ def load_earlier_stages(
         raise ValueError(f"ckpt_dir: {what} the trained stage {source} at {path}; train it first (--stage {source}).")
     checkpoint = load_checkpoint(path)
     if model_config is not None:
-        check_model_config(read_model_config(checkpoint), model_config, path)
+        check_model_config(read_model_config(checkpoint, path), model_config, path)
     state = _state(checkpoint, path, ("ema", "network", "model"))
     keep = ("encoder.",) + tuple(f"stages.{i}." for i in range(stage if stage > 0 else network.num_stages))
     problem = _mismatch(path, network.state_dict(), state, keep)

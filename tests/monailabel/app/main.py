@@ -31,6 +31,7 @@ bundle's sampling settings, e.g. ``{"num_inference_steps": 2}`` for a quick smok
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -158,6 +159,15 @@ def _bundle_paths(spec: str, app_dir: str) -> dict[str, str]:
     return bundles
 
 
+def _bundle_version(path: str) -> str:
+    """The served bundle's version (configs/metadata.json), so that the app reports the one version of the bundle."""
+    metadata = os.path.join(path, "configs", "metadata.json")
+    if not os.path.isfile(metadata):
+        return "unknown"
+    with open(metadata) as file:
+        return str(json.load(file).get("version", "unknown"))
+
+
 class XrayToCTApp(MONAILabelApp):
     """Serves every bundle of ``--conf models`` with :class:`XrayToCTInferTask`."""
 
@@ -171,7 +181,7 @@ class XrayToCTApp(MONAILabelApp):
             conf=conf,
             name="xray2ct",
             description="Chest radiographs (PA, lateral) to a 3D CT in HU with MONAI bundles",
-            version="0.2.0",
+            version=_bundle_version(next(iter(self.bundles.values()))),
         )
 
     def init_infers(self) -> dict[str, InferTask]:
