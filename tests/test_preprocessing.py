@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import SMALL_STAGES, config_parser
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from PIL import Image
@@ -22,17 +21,9 @@ from scripts.data import (
 )
 from scripts.physics import DRRRenderer, ProjectionGeometry, RadiographComposer, centred_affine
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
-
 
 def _parser(dataset_dir, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "train.yaml"))
-    parser["bundle_root"] = os.path.join(CONFIGS, "..")
-    parser["dataset_dir"] = str(dataset_dir)
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
+    return config_parser("train.yaml", dataset_dir=str(dataset_dir), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +36,7 @@ def prepared(tmp_path_factory):
 def test_preprocessing_yields_training_pairs(prepared):
     parser = _parser(
         prepared,
-        image_size=32,
-        stage_sizes=[16, 32],
+        stages=[dict(SMALL_STAGES[0], grid_size=16), dict(SMALL_STAGES[1], grid_size=32)],  # image_size 32
         **{"geometry#detector_shape": [32, 32], "geometry#pixel_spacing_mm": [17.6, 17.6]},
     )
     dataset = parser.get_parsed_content("train#dataset")
