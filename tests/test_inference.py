@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_CONFIG, config_files, config_parser
+from conftest import ROOT, TINY_CONFIG, cli_config_files, config_files, config_parser
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.data import MetaTensor
 from monai.transforms import Compose, ScaleIntensityRange
@@ -76,7 +79,7 @@ def _run(tmp_path, dataset, ckpt, files=("inference.yaml",), **overrides):
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    return json.loads((tmp_path / "out" / "inference_report.json").read_text())
+    return json.loads((Path(settings["output_dir"]) / "inference_report.json").read_text())
 
 
 def _network_and_views(ckpt):
@@ -194,11 +197,21 @@ def test_inference_workflow_writes_ct_uncertainty_dicom_preview_and_report(tmp_p
         summary = json.loads((folder / f"case_{i:04d}.json").read_text())
         assert summary["input"] == "ct" and summary["views"] == ["pa", "lateral"] and summary["num_samples"] == 2
         assert summary["spacing_mm"] == [20.0, 20.0, 20.0] and 0 < summary["drr_error"] < 2
+        assert summary["datalist_index"] == i and "input_files" not in summary  # file names only when asked
     before = (tmp_path / "out" / "case_0000" / "case_0000_ct.nii.gz").read_bytes()
+    report_before = (tmp_path / "out" / "inference_report.json").read_text()
     with pytest.raises(RuntimeError) as err:
-        _run(tmp_path, dataset, checkpoint)  # every case refuses: nothing already written is lost
-    assert "every case failed (3)" in str(err.value.__cause__) and "refusing to overwrite" in str(err.value.__cause__)
+        _run(tmp_path, dataset, checkpoint)  # the output folder is another run's: refused before any work
+    assert str(err.value.__cause__) == (
+        f"{tmp_path / 'out' / 'inference_report.json'} exists: another run wrote here or is writing now; refusing to "
+        "overwrite it (pass --overwrite true to replace it, or choose another --output_dir)."
+    )
     assert (tmp_path / "out" / "case_0000" / "case_0000_ct.nii.gz").read_bytes() == before
+    assert (tmp_path / "out" / "inference_report.json").read_text() == report_before
+    # With the input files' names asked for, the report says which file each output came from.
+    report = _run(tmp_path, dataset, checkpoint, output_dir=str(tmp_path / "named"), names_from_files=True)
+    assert [c["input_files"] for c in report["done"]] == [{"image": Path(c["image"]).name} for c in cases]
+    assert [c["datalist_index"] for c in report["done"]] == [0, 1, 2]
 
 
 def _truncated_dx(path):
@@ -248,6 +261,8 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
     (tmp_path / "datalist.json").write_text(json.dumps(cases))
     report = _run(tmp_path, tmp_path, checkpoint)
     assert [c["name"] for c in report["done"]] == ["good", "one_view"]
+    assert [c["datalist_index"] for c in report["done"]] == [8, 9]
+    assert [c["datalist_index"] for c in report["failed"]] == list(range(8))
     errors = {f["name"]: f["error"] for f in report["failed"]}
     assert errors["missing"] == f"ValueError: {tmp_path / 'nope.png'}: no such radiograph file."
     assert errors["corrupt"].startswith(f"ValueError: {tmp_path / 'broken.dcm'}: pixel data could not be decoded")
@@ -391,3 +406,62 @@ def test_a_baseline_trained_on_other_views_is_refused(tmp_path, dataset, checkpo
         "with 600.0, this run gives 541.0; it is part of what the weights mean and comes from the checkpoint, so "
         "leave it unset (sampling settings stay free)."
     )
+
+
+def _cli(args: list[str], **popen) -> subprocess.Popen:
+    """The bundle runner as a user starts it, from the repository root."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cli_config_files("inference.yaml"), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_a_users_mistake_ends_the_run_with_one_line_and_a_bug_keeps_its_traceback(tmp_path, dataset, checkpoint):
+    io = ["--dataset_dir", str(dataset), "--ckpt_path", str(checkpoint), "--num_inference_steps", "1"]
+    io += ["--progress_bar", "False", "--save_preview", "False"]
+    wrong = _cli([*io, "--output_dir", str(tmp_path / "a"), "--hu_window", "[-1024,3071]"])
+    out = wrong.communicate(timeout=300)[0]
+    assert wrong.returncode == 1 and "Traceback" not in out
+    assert _last_line(out) == (
+        f"error: hu_window#0: the checkpoint {checkpoint} was trained with -1000.0, this run gives -1024.0; it is "
+        "part of what the weights mean and comes from the checkpoint, so leave it unset (sampling settings stay free)."
+    )
+    debug = _cli([*io, "--output_dir", str(tmp_path / "b"), "--hu_window", "[-1024,3071]", "--debug", "True"])
+    out = debug.communicate(timeout=300)[0]
+    assert debug.returncode == 1 and "Traceback" in out and "RuntimeError: Failed to evaluate ConfigExpression" in out
+    assert "ValueError: hu_window#0: the checkpoint" in out  # the cause, with its traceback
+    # Some cases fail: exit 0, the summary last. Every case fails: exit 1, one line naming the first failure.
+    cases = json.loads((dataset / "datalist.json").read_text())["test"]
+    (tmp_path / "mixed").mkdir()
+    mixed = {"test": [{"image": str(dataset / cases[0]["image"])}, {"pa": str(tmp_path / "nope.png")}]}
+    (tmp_path / "mixed" / "datalist.json").write_text(json.dumps(mixed))
+    run = _cli([*io[2:], "--dataset_dir", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "c")])
+    out = run.communicate(timeout=300)[0]
+    report = tmp_path / "c" / "inference_report.json"
+    assert run.returncode == 0 and _last_line(out) == f"done: 1 of 2 cases in {tmp_path / 'c'}; 1 failed, see {report}"
+    (tmp_path / "mixed" / "datalist.json").write_text(json.dumps({"test": mixed["test"][1:]}))
+    run = _cli([*io[2:], "--dataset_dir", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "d")])
+    out = run.communicate(timeout=300)[0]
+    report = tmp_path / "d" / "inference_report.json"
+    assert run.returncode == 1 and _last_line(out) == (
+        f"error: every case failed (1); first, datalist entry 0: ValueError: {tmp_path / 'nope.png'}: no such "
+        f"radiograph file. (all reasons in {report})."
+    )
+
+
+def test_two_runs_started_at_once_into_one_folder_do_not_replace_each_others_files(tmp_path, dataset, checkpoint):
+    args = ["--dataset_dir", str(dataset), "--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "out")]
+    args += ["--num_inference_steps", "1", "--progress_bar", "False"]
+    runs = [_cli(args), _cli(args)]
+    outs = [r.communicate(timeout=300)[0] for r in runs]
+    codes = sorted(r.returncode for r in runs)
+    assert codes == [0, 1], outs
+    loser = outs[[r.returncode for r in runs].index(1)]
+    assert _last_line(loser) == (
+        f"error: {tmp_path / 'out' / 'inference_report.json'} exists: another run wrote here or is writing now; "
+        "refusing to overwrite it (pass --overwrite true to replace it, or choose another --output_dir)."
+    )
+    report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
+    assert len(report["done"]) == 3 and report["failed"] == []  # the winner's report, whole

@@ -1,13 +1,21 @@
-"""Small helpers shared by the workflows."""
+"""Small helpers shared by the workflows: atomic writes, exclusive claims, and one-line reports of a user's mistake."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
-__all__ = ["atomic_write"]
+from monai.utils import str2bool
+
+__all__ = ["USER_ERRORS", "atomic_write", "claim", "report_user_errors", "user_error"]
+
+#: What a user's input or setting raises (a missing, unreadable or implausible file; a bad value; an existing
+#: output): reported as one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwrite: bool = False) -> None:
@@ -40,3 +48,55 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwri
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def claim(path: str | os.PathLike, content: str, overwrite: bool = False) -> None:
+    """Create ``path`` with ``content`` exclusively (``O_CREAT | O_EXCL``): of two runs started at once, one wins and
+    the other gets ``FileExistsError``; with ``overwrite`` an existing file is replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path} exists: another run wrote here or is writing now; refusing to overwrite it (pass --overwrite "
+            "true to replace it, or choose another --output_dir)."
+        ) from None
+    with os.fdopen(fd, "w") as file:
+        file.write(content)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user's mistake behind ``err``, or ``None`` for a bug.
+
+    MONAI's config resolver wraps an expression's error in ``RuntimeError("Failed to evaluate ConfigExpression")``
+    and ``Compose`` in ``RuntimeError("applying transform ...")``; the error that names the input is at the end of
+    the ``__cause__`` chain.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, USER_ERRORS):
+            return err
+        err = err.__cause__
+    return None
+
+
+def report_user_errors(debug: bool | str = False) -> None:
+    """Make a user's mistake end the run with one line, ``error: <what failed, on which input, what to do>``, as the
+    last thing printed (exit code 1), instead of a config-resolver traceback; bugs keep their traceback, and so does
+    everything with ``debug`` (``--debug true``). Installed first in every workflow's ``initialize``."""
+    debug = debug if isinstance(debug, bool) else str2bool(str(debug))
+    previous = getattr(sys.excepthook, "xray2ct_previous", sys.excepthook)
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        mistake = None if debug else user_error(value)
+        if mistake is None:
+            previous(kind, value, tb)
+        else:
+            sys.stderr.flush()
+            print(f"error: {mistake}", file=sys.stderr, flush=True)
+
+    hook.xray2ct_previous = previous  # installing twice (several workflows in one process) keeps one hook
+    sys.excepthook = hook

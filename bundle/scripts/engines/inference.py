@@ -23,11 +23,11 @@ import torch
 from ..checkpoint import load_network_weights
 from ..data import INPUT_KEYS, voxel_spacing, write_ct_dicom_series, write_nifti
 from ..physics import RadiographComposer
-from ..utils import atomic_write
+from ..utils import atomic_write, claim, user_error
 from .evaluation import drr_consistency
 from .preview import save_preview
 
-__all__ = ["CTInferenceWorkflow"]
+__all__ = ["CTInferenceWorkflow", "NoCaseSucceeded"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,17 @@ def _reason(err: BaseException) -> str:
     while isinstance(err, RuntimeError) and str(err).startswith("applying transform") and err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {err}"
+
+
+class NoCaseSucceeded(ValueError):
+    """Every case of the datalist failed on its input (the reasons are in ``inference_report.json``)."""
+
+
+def _input_files(case: Mapping, names_from_files: bool) -> dict:
+    """``{"input_files": {key: file name}}`` when outputs are named after inputs (names may identify people)."""
+    if not names_from_files:
+        return {}
+    return {"input_files": {k: Path(case[k]).name for k in INPUT_KEYS if isinstance(case.get(k), str)}}
 
 
 def _case_name(case: Mapping, index: int, names_from_files: bool) -> str:
@@ -131,10 +142,13 @@ class CTInferenceWorkflow:
     def _run_case(self, index: int, case: Mapping) -> dict:
         name = _case_name(case, index, self.names_from_files)
         targets = self._targets(name)
-        wanted = [targets["ct"], targets["json"]] + ([targets["preview"]] if self.save_preview else [])
-        existing = [str(p) for p in wanted if p.exists()]
-        if existing and not self.overwrite:
-            raise FileExistsError(f"outputs exist ({existing[0]}); refusing to overwrite (pass --overwrite true).")
+        folder = targets["ct"].parent
+        try:  # the case's folder is claimed before any work: a second run (or a repeated name) cannot take it too
+            folder.mkdir(parents=True, exist_ok=self.overwrite)
+        except FileExistsError:
+            raise FileExistsError(
+                f"{folder} exists (another case or run wrote there); refusing to overwrite it (pass --overwrite true)."
+            ) from None
         start = time.perf_counter()
         data = self.preprocessing(dict(case))
         views, mask = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["image_mask"]).bool()
@@ -144,7 +158,6 @@ class CTInferenceWorkflow:
         seconds = time.perf_counter() - start
         hu, std = data["pred"], data["pred_std"]
         affine = np.asarray(hu.affine, dtype=np.float64)
-        targets["ct"].parent.mkdir(parents=True, exist_ok=True)
         write_nifti(targets["ct"], np.round(hu[0].numpy()).astype(np.int16), affine, self.overwrite)
         samples = int(getattr(self.inferer, "num_samples", 1))
         if samples > 1:
@@ -157,6 +170,8 @@ class CTInferenceWorkflow:
             save_preview(targets["preview"], hu[0], filled, drrs, mask, self.overwrite)
         summary = {
             "name": name,
+            "datalist_index": index,
+            **_input_files(case, self.names_from_files),
             "input": "ct" if "ct" in data else "radiographs",
             "views": [str(v) for v, m in zip(self.composer.renderer.geometry.views, mask.tolist(), strict=True) if m],
             "shape": list(hu.shape[1:]),
@@ -175,29 +190,46 @@ class CTInferenceWorkflow:
         return summary
 
     def run(self) -> dict:
-        """Run every case; returns (and writes) ``inference_report.json``. Raises only when every case failed."""
+        """Run every case; returns (and writes) ``inference_report.json``.
+
+        The report is claimed first (created exclusively), so that of two runs started into one ``output_dir`` the
+        second stops before any work. One bad case does not stop the others: it is reported with its reason and the
+        run ends with a one-line summary (exit code 0). When every case failed it raises
+        :class:`NoCaseSucceeded` (a user error: its one line is the run's last).
+        """
+        report_path = self.output_dir / "inference_report.json"
+        claim(report_path, json.dumps({"status": "running", "pid": os.getpid()}), overwrite=self.overwrite)
         self.load_weights()
         report: dict = {"done": [], "failed": []}
         for index, case in enumerate(self.cases):
             try:
                 summary = self._run_case(index, case)
             except Exception as err:  # one bad case must not stop the others; it is reported with its reason
+                if user_error(err) is None:
+                    logger.exception("case %d failed on a bug (not on its input):", index)
                 label = case.get("name") if isinstance(case.get("name"), str) else f"case {index}"
                 reason = _reason(err)
                 logger.error("%s failed: %s", label, reason)
-                report["failed"].append({"case": index, "name": label, "error": reason})
+                failed = {"datalist_index": index, "name": label, **_input_files(case, self.names_from_files)}
+                report["failed"].append({**failed, "error": reason})
                 continue
             logger.info("%s: DRR error %.4f in %.1f s", summary["name"], summary["drr_error"], summary["seconds"])
             report["done"].append(summary)
         if self.evaluation is not None:
             report["metrics_file"] = self.evaluation.finish(report, self.output_dir, self.overwrite)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(report, indent=2)
-        atomic_write(self.output_dir / "inference_report.json", lambda p: Path(p).write_text(text), overwrite=True)
-        if not report["done"]:
-            raise RuntimeError(
-                f"every case failed ({len(report['failed'])}); first: {report['failed'][0]['error']}"
-                if report["failed"]
+        atomic_write(report_path, lambda p: Path(p).write_text(text), overwrite=True)
+        done, failed = len(report["done"]), len(report["failed"])
+        if not done:
+            first = report["failed"][0] if failed else None
+            raise NoCaseSucceeded(
+                f"every case failed ({failed}); first, datalist entry {first['datalist_index']}: {first['error']} "
+                f"(all reasons in {report_path})."
+                if first
                 else "no cases to run."
             )
+        print(  # the run's last line: what was made, what was not, and where to look
+            f"done: {done} of {done + failed} cases in {self.output_dir}"
+            + (f"; {failed} failed, see {report_path}" if failed else "")
+        )
         return report
