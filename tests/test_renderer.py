@@ -117,19 +117,24 @@ def test_chunked_streaming_and_batched_calls_agree():
     spacing = (10.0, 12.0, 15.0)
     reference = DRRRenderer(g)(mu, spacing)
     assert reference.shape == (3, 2, 9, 11)
+    # Chunks and batches change the order of each ray's float32 sum (up to 4 interpolation weights per sample, one
+    # sample per slice along the longest axis): the bound is that many terms times eps32, relative.
+    eps = torch.finfo(torch.float32).eps
+    rtol = 4 * max(mu.shape[2:]) * eps
     for renderer in (DRRRenderer(g, ray_chunk_size=7), DRRRenderer(g, ray_chunk_size=13, cache_matrices=False)):
-        torch.testing.assert_close(renderer(mu, spacing), reference, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(renderer(mu, spacing), reference, rtol=rtol, atol=0)
         assert len(renderer._cache) == (1 if renderer.cache_matrices else 0)
     # Each volume of a batch renders as it does alone.
     single = DRRRenderer(g)(mu[1:2], spacing)
-    torch.testing.assert_close(single[0], reference[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(single[0], reference[1], rtol=rtol, atol=0)
     # Gradients through cached and streaming blocks are the same back-projection.
     grads = []
     for renderer in (DRRRenderer(g), DRRRenderer(g, ray_chunk_size=13, cache_matrices=False)):
         x = mu.clone().requires_grad_(True)
         (renderer(x, spacing) * torch.linspace(0, 1, 9 * 11).reshape(9, 11)).sum().backward()
         grads.append(x.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+    # A voxel's gradient sums the weights of every ray through it (at most 4 per ray): the same bound per ray count.
+    torch.testing.assert_close(grads[0], grads[1], rtol=4 * g.num_views * 9 * 11 * eps, atol=0)
 
 
 def test_bf16_autocast_renders_in_float32():
