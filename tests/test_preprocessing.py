@@ -238,8 +238,9 @@ def test_bad_radiographs_are_named(tmp_path):
     ct = _dicom_dx(tmp_path / "ct.dcm", np.zeros((8, 8)), modality="CT")
     with pytest.raises(ValueError, match="ct.dcm: DICOM modality 'CT' is not a radiograph"):
         read_radiograph(ct)
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match="rgb.png: colour image"):
+    red = np.stack([np.full((8, 8), 255, np.uint8)] + [np.zeros((8, 8), np.uint8)] * 2, -1)  # truly coloured
+    Image.fromarray(red).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"rgb.png: colour image \(mode RGB, channels differ by up to 255\)"):
         read_radiograph(tmp_path / "rgb.png")
     (tmp_path / "junk.dcm").write_bytes(b"junk" * 20)
     with pytest.raises(ValueError, match="junk.dcm: not a readable DICOM file"):

@@ -108,6 +108,8 @@ class XrayInputsd(MapTransform):
         views, mask = torch.as_tensor(loaded["xray"]).float().clone(), torch.as_tensor(loaded["xray_mask"])
         views[~mask] = float("nan")  # absent views, explicit for a one-tensor interface
         d[self.output_key], d[f"{self.output_key}_mask"] = views, mask
+        if loaded.get("xray_notes"):  # what the reader applied and assumed, per view (for the case's report)
+            d[f"{self.output_key}_notes"] = loaded["xray_notes"]
         return d
 
 

@@ -173,6 +173,8 @@ class CTInferenceWorkflow:
             "datalist_index": index,
             **_input_files(case, self.names_from_files),
             "input": "ct" if "ct" in data else "radiographs",
+            # What the readers applied and assumed (DICOM LUTs, masks, orientation, missing spacing, ...).
+            "reading": data.get("image_notes", {}),
             "views": [str(v) for v, m in zip(self.composer.renderer.geometry.views, mask.tolist(), strict=True) if m],
             "shape": list(hu.shape[1:]),
             "spacing_mm": list(voxel_spacing(hu)),
