@@ -198,6 +198,11 @@ def test_inference_workflow_writes_ct_uncertainty_dicom_preview_and_report(tmp_p
         assert summary["input"] == "ct" and summary["views"] == ["pa", "lateral"] and summary["num_samples"] == 2
         assert summary["spacing_mm"] == [20.0, 20.0, 20.0] and 0 < summary["drr_error"] < 2
         assert summary["datalist_index"] == i and "input_files" not in summary  # file names only when asked
+        # The CT input's reading: how much of the 320 mm cube it fills (these 320 mm phantoms, re-centred on the
+        # body, leave up to 20 mm of air) and what the report warns about (tested exactly in test_ct_ingestion).
+        reading = summary["reading"]["ct"]
+        assert all(280.0 <= v <= 320.0 for v in reading["fov_coverage_mm"])
+        assert all(w.startswith(("the body reaches the edge", "the CT covers")) for w in reading["warnings"])
     before = (tmp_path / "out" / "case_0000" / "case_0000_ct.nii.gz").read_bytes()
     report_before = (tmp_path / "out" / "inference_report.json").read_text()
     with pytest.raises(RuntimeError) as err:
@@ -279,6 +284,7 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
     )
     one_view = json.loads((tmp_path / "out" / "one_view" / "one_view.json").read_text())
     assert one_view["input"] == "radiographs" and one_view["views"] == ["pa"]
+    assert list(one_view["reading"]) == ["pa"] and one_view["reading"]["pa"]["notes"]  # what the reader did
     assert list(one_view["drr_error_per_view"]) == ["pa"]
     affine = nib.load(tmp_path / "out" / "one_view" / "one_view_ct.nii.gz").affine  # the renderer's frame
     np.testing.assert_allclose(affine[:3, 3], [-150.0, -150.0, -150.0])  # 16 voxels of 20 mm centred on 0

@@ -64,6 +64,7 @@ def test_stage_zero_then_stage_one(tmp_path):
     assert model_config["geometry"]["detector_shape"] == [32, 32]
     assert config == {
         "stage": 0,
+        "remove_couch": True,
         "use_physics_loss": True,
         "physics_loss_weight": 0.3,
         "physics_timestep_gate": 0.5,

@@ -1,19 +1,32 @@
 """Data: synthetic chest phantoms, CT and radiograph readers, preprocessing and on-the-fly X-ray rendering."""
 
 from .cases import INPUT_KEYS, CTOutputd, XrayInputsd, load_cases
-from .io import CT_SUFFIXES, find_ct_sources, load_ct, write_ct_dicom_series, write_nifti
+from .io import CT_SUFFIXES, LoadCTd, find_ct_sources, load_ct, split_series_source, write_ct_dicom_series, write_nifti
 from .phantom import PHANTOM_LABELS, synthetic_chest_ct
 from .prepare import ensure_dataset, prepare_dataset, split_cases
 from .radiograph import (
     DEFAULT_LINE_INTEGRAL_RANGES,
     RADIOGRAPH_MODALITIES,
     LoadRadiographsd,
+    NetworkRadiograph,
     Radiograph,
     is_radiograph_file,
+    map_radiograph,
     radiograph_to_network,
     read_radiograph,
 )
-from .transforms import CropOrPadToFieldOfViewd, RenderXrayd, StageResized, ValidateCTd, source_name, voxel_spacing
+from .realism import RadiographRealism
+from .transforms import (
+    CropOrPadToFieldOfViewd,
+    RemoveCouchd,
+    RenderXrayd,
+    StageResized,
+    ValidateCTd,
+    add_ct_warning,
+    body_mask,
+    source_name,
+    voxel_spacing,
+)
 
 __all__ = [
     "CT_SUFFIXES",
@@ -24,20 +37,28 @@ __all__ = [
     "load_cases",
     "DEFAULT_LINE_INTEGRAL_RANGES",
     "CropOrPadToFieldOfViewd",
+    "LoadCTd",
     "PHANTOM_LABELS",
     "RADIOGRAPH_MODALITIES",
+    "NetworkRadiograph",
     "Radiograph",
+    "RadiographRealism",
+    "RemoveCouchd",
     "RenderXrayd",
     "StageResized",
     "ValidateCTd",
     "LoadRadiographsd",
+    "add_ct_warning",
+    "body_mask",
     "find_ct_sources",
     "is_radiograph_file",
     "load_ct",
+    "map_radiograph",
     "prepare_dataset",
     "radiograph_to_network",
     "read_radiograph",
     "source_name",
+    "split_series_source",
     "split_cases",
     "synthetic_chest_ct",
     "voxel_spacing",

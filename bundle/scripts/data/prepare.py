@@ -9,7 +9,9 @@ Output layout (paths in the datalist are relative to ``dataset_dir``, as MONAI's
     DIR/prepare_report.json  what was written, what failed and why
 
 Volumes from ``source_dir`` are validated, reoriented to RAS and written as NIfTI under anonymous names
-(``case_0000``...); their original paths are not recorded unless ``record_sources`` is set.
+(``case_0000``...); their original paths are not recorded unless ``record_sources`` is set. A DICOM folder must hold
+one CT series (localizers and single images are skipped; gantry tilt is resampled, see ``io``): a folder with several
+is reported as a failure listing them, to be exported one series per folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +34,9 @@ from .phantom import phantom_spacing, synthetic_chest_ct
 __all__ = ["ensure_dataset", "prepare_dataset", "split_cases"]
 
 logger = logging.getLogger(__name__)
+
+#: DICOM UIDs in error messages (they link a case to its study): masked unless sources are recorded.
+_UID = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")
 
 
 def _check_split(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -146,6 +152,8 @@ def prepare_dataset(
                 # the sorted discovery order unless record_sources is set.
                 label = str(src) if record_sources else f"<source #{i} of {len(sources)} under source_dir>"
                 message = str(err).replace(str(src), label)
+                if not record_sources:
+                    message = _UID.sub("<UID>", message)
                 failures.append({"source": label, "error": message})
                 logger.error("prepare: skipped %s", message)
                 continue

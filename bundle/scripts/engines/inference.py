@@ -39,6 +39,21 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _reading_notes(data: Mapping) -> dict:
+    """What the readers applied and assumed: per radiograph view, and for a CT input its field-of-view coverage
+    (mm per RAS axis with CT data) and warnings (partial coverage, gantry tilt, a body cut by the scan's edge)."""
+    notes = dict(data.get("image_notes") or {})
+    ct = data.get("ct")
+    meta = getattr(ct, "meta", None) or {}
+    if "fov_coverage_mm" in meta:
+        warnings = str(meta.get("ct_warnings") or "")
+        notes["ct"] = {
+            "fov_coverage_mm": [round(float(v), 1) for v in meta["fov_coverage_mm"]],
+            "warnings": [w for w in warnings.split("\n") if w],
+        }
+    return notes
+
+
 class NoCaseSucceeded(ValueError):
     """Every case of the datalist failed on its input (the reasons are in ``inference_report.json``)."""
 
@@ -174,7 +189,7 @@ class CTInferenceWorkflow:
             **_input_files(case, self.names_from_files),
             "input": "ct" if "ct" in data else "radiographs",
             # What the readers applied and assumed (DICOM LUTs, masks, orientation, missing spacing, ...).
-            "reading": data.get("image_notes", {}),
+            "reading": _reading_notes(data),
             "views": [str(v) for v, m in zip(self.composer.renderer.geometry.views, mask.tolist(), strict=True) if m],
             "shape": list(hu.shape[1:]),
             "spacing_mm": list(voxel_spacing(hu)),

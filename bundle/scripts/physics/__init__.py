@@ -1,7 +1,8 @@
 """Projection physics shared by the data pipeline, the depth lifting and the DRR consistency loss.
 
 geometry (frames, rays, point projection) -> renderer (exact line integrals, batched, differentiable) ->
-intensity helpers (HU <-> μ, Beer–Lambert, network normalisation) -> composer (HU -> network-scale images,
+intensity helpers (HU <-> μ, Beer–Lambert, network normalisation; a polychromatic spectrum with beam hardening for
+radiograph-like training views) -> composer (HU -> network-scale images,
 shared by the data transform and the physics loss).
 """
 
@@ -20,9 +21,17 @@ from .intensity import (
 )
 from .projector import PROJECTORS, system_matrix
 from .renderer import DRRRenderer
+from .spectrum import AIR, CORTICAL_BONE, WATER, BeamHardening, Material, energy_bins, kramers_spectrum
 
 __all__ = [
+    "AIR",
+    "BeamHardening",
+    "CORTICAL_BONE",
     "DRRRenderer",
+    "Material",
+    "WATER",
+    "energy_bins",
+    "kramers_spectrum",
     "PROJECTORS",
     "Ellipsoid",
     "ProjectionGeometry",
