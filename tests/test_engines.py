@@ -156,3 +156,22 @@ def test_stage_one_can_be_conditioned_on_stage_zero_samples():
     assert not torch.allclose(previous, batch["image_16"])
     trainer.run()
     assert torch.isfinite(trainer.state.output["loss"])
+
+
+def test_the_physics_loss_compares_with_the_clean_views_when_the_inputs_are_radiograph_like():
+    """Augmented inputs (``xray``) feed the network; the DRR loss's reference is ``xray_clean`` when a batch has it."""
+    seen = []
+
+    class Recorder(DRRConsistencyLoss):
+        def forward(self, x0_hat, xray, *args, **kwargs):
+            seen.append(xray.clone())
+            return super().forward(x0_hat, xray, *args, **kwargs)
+
+    net = _cascade()
+    trainer = _trainer(net, stage=0)
+    trainer.physics_loss = Recorder(_composer(), timestep_gate=1.0)
+    batch = next(iter(_batches(1)))
+    clean = torch.zeros_like(batch["xray"])
+    trainer._iteration(trainer, batch)
+    trainer._iteration(trainer, {**batch, "xray_clean": clean})
+    assert torch.equal(seen[0], batch["xray"]) and torch.equal(seen[1], clean)

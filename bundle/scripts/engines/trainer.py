@@ -166,7 +166,13 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             x0_hat = engine.objective.predict_x0(x_t, prediction, t)
             fov = engine.cascade.stage_configs[stage]["fov_mm"]  # per axis; a stage may set its own
             spacing = [f / g for f, g in zip(fov, engine.cascade.grid_size(stage), strict=True)]
-            physics = engine.physics_loss(x0_hat, xray, t, engine.objective.num_train_timesteps, spacing, view_mask)
+            # With radiograph-like inputs (xray_augmentation#realism) the network sees processed views, but the DRR
+            # of its CT must match the clean DRR those views came from: the physics compares like with like.
+            clean = batchdata.get("xray_clean")
+            reference = xray if clean is None else torch.as_tensor(clean).to(device=device, dtype=torch.float32)
+            physics = engine.physics_loss(
+                x0_hat, reference, t, engine.objective.num_train_timesteps, spacing, view_mask
+            )
         loss = diffusion + physics
         engine.state.output.update(
             {Keys.LOSS: loss, "loss_diffusion": diffusion.detach(), "loss_drr": physics.detach(), "stage": stage}
