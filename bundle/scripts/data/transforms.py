@@ -20,6 +20,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.networks.layers import separable_filtering
 from monai.transforms import Affine, BorderPad, MapTransform, Randomizable, Resize, SpatialCrop
+from monai.utils import str2bool
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
@@ -271,8 +272,8 @@ class RemoveCouchd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if not isinstance(enabled, bool):
-            raise ValueError(f"enabled must be true or false, got {enabled!r}.")
+        # The command line gives `--remove_couch false` as a string; str2bool refuses anything but a yes/no word.
+        enabled = enabled if isinstance(enabled, bool) else str2bool(str(enabled))
         for name, value in (("threshold_hu", threshold_hu), ("air_hu", air_hu)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of HU, got {value!r}.")
