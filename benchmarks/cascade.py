@@ -33,35 +33,21 @@ PRESETS = {
 SAMPLERS = {"ddim": "v_prediction", "rflow": "rectified_flow"}
 
 
-#: The keys of common.yaml that inference reads from a checkpoint's model config.
-MODEL_KEYS = (
-    "preset",
-    "stages",
-    "encoder",
-    "use_depth_lifting",
-    "fov_mm",
-    "hu_window",
-    "prediction_type",
-    "noise_schedule",
-    "num_train_timesteps",
-    "physics",
-    "geometry",
-)
-
-
 def preset_parser(preset: str, device: str):
     """``common.yaml`` + ``inference.yaml`` + the preset's stage file, on ``device``, bf16 autocast on CUDA, no
     progress bar. There is no trained checkpoint of each preset to read the model keys from, so they are the values
     training would record (common.yaml + the preset)."""
     from monai.bundle import ConfigParser
+    from scripts.checkpoint import MODEL_CONFIG_KEYS
 
     presets = [str(CONFIGS / p) for p in PRESETS[preset]]
     architecture = ConfigParser()
     architecture.read_config([str(CONFIGS / "common.yaml"), *presets])
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml"), *presets])
-    for key in MODEL_KEYS:
-        parser[key] = copy.deepcopy(architecture[key])
+    for key in MODEL_CONFIG_KEYS:  # the record's keys are common.yaml's, but for the network class (its _target_)
+        if key != "network":
+            parser[key] = copy.deepcopy(architecture[key])
     parser["device"] = f"$torch.device('{device}')"
     parser["amp"] = device.startswith("cuda")
     parser["progress_bar"] = False
