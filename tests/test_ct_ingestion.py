@@ -28,6 +28,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 from scripts.data import (
+    PHANTOM_LABELS,
     LoadCTd,
     RemoveCouchd,
     load_ct,
@@ -445,22 +446,23 @@ def test_contrast_is_kept_and_only_the_top_of_the_window_is_clipped(tmp_path):
     img = load_ct(_ct_small_series(tmp_path / "contrast", 3))
     assert float(img.max()) == 1167.0
     hu, labels = synthetic_chest_ct(64, 5.0, seed=2, noise_hu=0.0)
-    hu[labels == 5] = 600.0  # aorta, arterial phase
+    aorta = labels == PHANTOM_LABELS["aorta"]
+    hu[aorta] = 600.0  # arterial phase
     metal = (slice(30, 33), slice(20, 23), slice(30, 33))
     hu[metal] = 3000.0
     write_nifti(tmp_path / "enhanced.nii.gz", hu.astype(np.int16), centred_affine(hu.shape, (5.0,) * 3))
     out = _chain()({"image": str(tmp_path / "enhanced.nii.gz")})["image"][0].numpy()  # same 5 mm grid, shifted
-    assert (out == 600.0).sum() == (labels == 5).sum()  # every aortic voxel keeps its +600 HU
+    assert (out == 600.0).sum() == aorta.sum()  # every aortic voxel keeps its +600 HU
     assert out.max() == 2000.0 and (out == 2000.0).sum() == 27  # the metal, clipped
 
 
 def test_partial_coverage_is_padded_with_air_and_reported(tmp_path):
-    hu, _ = synthetic_chest_ct((144, 128, 60), 2.5, seed=3)  # 360 x 320 x 150 mm
+    hu, _ = synthetic_chest_ct((144, 144, 60), 2.5, seed=3)  # 360 x 360 x 150 mm
     write_nifti(tmp_path / "short.nii.gz", np.round(hu).astype(np.int16), centred_affine(hu.shape, (2.5,) * 3))
     out = _chain()({"image": str(tmp_path / "short.nii.gz")})["image"]
     assert out.shape == (1, 64, 64, 64)
     assert out.meta["fov_coverage_mm"] == [320.0, 320.0, 150.0]
-    assert out.meta["ct_warnings"] == "the CT covers 150 mm of 320 mm superior-inferior; the rest is air"
+    assert "the CT covers 150 mm of 320 mm superior-inferior; the rest is air" in out.meta["ct_warnings"]
     data = out[0].numpy()
     body_z = np.flatnonzero((data > -1000).any((0, 1)))
     assert len(body_z) == 30 and set(np.unique(np.delete(data, body_z, axis=2))) == {-1000.0}  # 150 mm; air around
@@ -469,10 +471,11 @@ def test_partial_coverage_is_padded_with_air_and_reported(tmp_path):
 # ---- the couch -----------------------------------------------------------------------------------------------------
 
 
-def _phantom_on_a_couch(shape=(144, 128, 96), seed: int = 0):
-    """A 2.5 mm phantom lying on a couch: a curved carbon shell (+300 HU, 5 mm thick, >= 15 mm below the back) under a
-    foam mattress (-900 HU) that touches the back, 2.5 mm straps (0 HU) from the shell to the skin, a blanket line
-    (-300 HU) 15 mm above the chest, and noise in the air (20 HU)."""
+def _phantom_on_a_couch(shape=(144, 128, 64), seed: int = 0):
+    """A 2.5 mm phantom (the chest below the shoulders: the raised arms reach the grid's edge) on a couch: a curved
+    carbon shell (+300 HU, 5 mm thick, >= 15 mm below the back) under a foam mattress (-900 HU) that touches the
+    back, 2.5 mm straps (0 HU) from the shell to the skin, a blanket line (-300 HU) 15 mm above the chest, and noise
+    in the air (20 HU)."""
     hu, labels = synthetic_chest_ct(shape, 2.5, seed=seed)
     x = ((np.arange(shape[0]) - (shape[0] - 1) / 2) * 2.5)[:, None, None]  # RAS mm, (X, 1, 1)
     y = ((np.arange(shape[1]) - (shape[1] - 1) / 2) * 2.5)[None, :, None]  # (1, Y, 1)
@@ -537,7 +540,7 @@ def test_lungs_cut_by_a_small_field_of_view_are_kept():
     far = ~ndimage.binary_dilation(labels > 0, iterations=3)
     assert (data[(couch == 300.0) & far] == -1000.0).all() and (data[(couch == -900.0) & far] == -1000.0).all()
     assert img.meta["ct_warnings"] == (
-        "the body reaches the edge of the scan's field of view in 96 of 96 axial slices; anatomy beyond it is missing"
+        "the body reaches the edge of the scan's field of view in 64 of 64 axial slices; anatomy beyond it is missing"
     )
 
 

@@ -1,8 +1,8 @@
 """Data: synthetic chest phantoms, CT and radiograph readers, preprocessing and on-the-fly X-ray rendering."""
 
+from .anatomy import PATHOLOGIES, PHANTOM_LABELS, ChestPhantom, chest_phantom, label_names, synthetic_chest_ct
 from .cases import INPUT_KEYS, CTOutputd, XrayInputsd, load_cases
 from .io import CT_SUFFIXES, LoadCTd, find_ct_sources, load_ct, split_series_source, write_ct_dicom_series, write_nifti
-from .phantom import PHANTOM_LABELS, synthetic_chest_ct
 from .prepare import ensure_dataset, prepare_dataset, split_cases
 from .radiograph import (
     DEFAULT_LINE_INTEGRAL_RANGES,
@@ -38,7 +38,11 @@ __all__ = [
     "DEFAULT_LINE_INTEGRAL_RANGES",
     "CropOrPadToFieldOfViewd",
     "LoadCTd",
+    "PATHOLOGIES",
     "PHANTOM_LABELS",
+    "ChestPhantom",
+    "chest_phantom",
+    "label_names",
     "RADIOGRAPH_MODALITIES",
     "NetworkRadiograph",
     "Radiograph",

@@ -5,7 +5,9 @@ Output layout (paths in the datalist are relative to ``dataset_dir``, as MONAI's
 
     DIR/datalist.json        {"training": [{"image": "volumes/....nii.gz"}, ...], "validation": [...], "test": [...]}
     DIR/volumes/*.nii.gz     CT in HU (int16, RAS affine in mm)
-    DIR/labels/*.nii.gz      phantom label maps (synthetic data only)
+    DIR/labels/*.nii.gz      phantom label maps (synthetic data only; uint8, ids in DIR/labels.json)
+    DIR/labels/*.json        per phantom: patient (sex, age, size), findings, scanner settings, volumes per label (mL)
+    DIR/labels.json          {"labels": {"0": "background", ...}, "findings": [...]} (synthetic data only)
     DIR/prepare_report.json  what was written, what failed and why
 
 Volumes from ``source_dir`` are validated, reoriented to RAS and written as NIfTI under anonymous names
@@ -28,8 +30,8 @@ import numpy as np
 
 from ..physics import centred_affine
 from ..utils import atomic_write
+from .anatomy import PATHOLOGIES, chest_phantom, label_names, phantom_spacing
 from .io import find_ct_sources, load_ct, write_nifti
-from .phantom import phantom_spacing, synthetic_chest_ct
 
 __all__ = ["ensure_dataset", "prepare_dataset", "split_cases"]
 
@@ -78,9 +80,14 @@ def split_cases(n: int, fractions: Sequence[float], seed: int) -> tuple[list[int
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 
+def _write_json(path: Path, content: dict, overwrite: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(content, indent=2)), overwrite)
+
+
 def _remove_previous(out: Path) -> None:
     """Delete the files a previous prepare run wrote (only those names), so an overwrite leaves no stale case."""
-    for pattern in ("volumes/phantom_*.nii.gz", "labels/phantom_*.nii.gz", "volumes/case_*.nii.gz"):
+    for pattern in ("volumes/phantom_*.nii.gz", "labels/phantom_*.*", "labels.json", "volumes/case_*.nii.gz"):
         for path in out.glob(pattern):
             path.unlink()
 
@@ -95,6 +102,7 @@ def prepare_dataset(
     seed: int = 0,
     overwrite: bool = False,
     record_sources: bool = False,
+    pathology_share: float = 0.3,
 ) -> dict:
     """Write a data set and its datalist; returns the datalist.
 
@@ -107,6 +115,7 @@ def prepare_dataset(
         seed: seed of the split and of the phantoms (phantom ``i`` uses ``seed + i``).
         overwrite: replace an existing data set in ``dataset_dir``.
         record_sources: add each case's source path to the datalist (may expose identifying file names).
+        pathology_share: share of phantoms with findings (nodules, effusion, ...; see ``scripts.data.anatomy``).
 
     Raises:
         FileExistsError: ``dataset_dir`` already holds a datalist and ``overwrite`` is false.
@@ -127,6 +136,8 @@ def prepare_dataset(
         if isinstance(synthetic_count, bool) or not isinstance(synthetic_count, int) or synthetic_count < 1:
             raise ValueError(f"synthetic_count must be a positive number of phantoms, got {synthetic_count!r}.")
         spacing = phantom_spacing(synthetic_spacing_mm)
+        if not (isinstance(pathology_share, (int, float)) and 0.0 <= pathology_share <= 1.0):
+            raise ValueError(f"pathology_share must be a probability in [0, 1], got {pathology_share!r}.")
         sources = []
     else:
         sources = find_ct_sources(source_dir)
@@ -136,12 +147,14 @@ def prepare_dataset(
     failures: list[dict] = []
     if source_dir is None:
         for i in range(int(synthetic_count)):
-            hu, labels = synthetic_chest_ct(synthetic_size, spacing, seed=seed + i)
-            affine = centred_affine(hu.shape, spacing)
+            phantom = chest_phantom(synthetic_size, spacing, seed=seed + i, pathology_share=pathology_share)
+            affine = centred_affine(phantom.hu.shape, spacing)
             name = f"phantom_{i:04d}.nii.gz"
-            write_nifti(out / "volumes" / name, np.round(hu).astype(np.int16), affine, overwrite)
-            write_nifti(out / "labels" / name, labels, affine, overwrite)
+            write_nifti(out / "volumes" / name, np.round(phantom.hu).astype(np.int16), affine, overwrite)
+            write_nifti(out / "labels" / name, phantom.labels, affine, overwrite)
+            _write_json(out / "labels" / f"phantom_{i:04d}.json", phantom.summary(), overwrite)
             cases.append({"image": f"volumes/{name}", "label": f"labels/{name}"})
+        _write_json(out / "labels.json", {"labels": label_names(), "findings": sorted(PATHOLOGIES)}, overwrite)
     else:
         for i, src in enumerate(sources):
             name = f"case_{i:04d}.nii.gz"

