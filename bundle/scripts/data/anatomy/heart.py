@@ -97,19 +97,22 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
     root = base((-0.55 * r[0], 0.05 * r[1], 0.1 * r[2]))
     desc_x, desc_y = -(vr[0] + 6.0), None
     ys = lambda z: float(spine(np.float32(z))) + vr[1] + 4.0  # noqa: E731 - the front of the vertebral bodies
+    # The arch runs from right-anterior to left-posterior, anterior and then left of the trachea (which lies at about
+    # ys + 18…24 mm on the midline), to descend left-anterolateral of the spine.
     aorta = [
         root,
         (18.0 * s, root[1] + 5.0, 0.5 * (root[2] + z_arch)),
-        (12.0 * s, ys(z_arch) + 45.0 * s, z_arch - 10.0),
-        (-2.0 * s, ys(z_arch) + 25.0 * s, z_arch),
-        (desc_x, ys(z_arch) + 2.0, z_arch - 18.0),
+        (10.0 * s, ys(z_arch) + 55.0 * s, z_arch - 10.0),
+        (-10.0 * s, ys(z_arch) + 48.0 * s, z_arch),
+        (-26.0 * s, ys(z_arch) + 20.0 * s, z_arch - 8.0),
+        (desc_x, ys(z_arch) + 2.0, z_arch - 28.0),
         (desc_x, ys(patient.z_carina - 60.0), patient.z_carina - 60.0),
         (desc_x + 8.0, ys(patient.z_dome_left - 20.0) + 2.0, patient.z_dome_left - 20.0),
         (-6.0, ys(bottom) + 6.0, bottom),
     ]
     del desc_y
     aorta = [np.asarray(p, dtype=np.float64) for p in aorta]
-    radii = [r_asc, r_asc, r_asc * 0.95, r_asc * 0.9, r_desc, r_desc, r_desc * 0.95, r_desc * 0.9]
+    radii = [r_asc, r_asc, r_asc * 0.95, r_asc * 0.9, r_asc * 0.85, r_desc, r_desc, r_desc * 0.95, r_desc * 0.9]
     tubes = [("aorta", np.asarray(aorta), radii)]
     arch_top = np.asarray(aorta[3])
     tubes += [
@@ -121,14 +124,15 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
         ("common_carotid_artery_left", np.array([arch_top + (-4, 0, 0), (-12.0 * s, arch_top[1] - 4, top)]), 4.0 * s),
         ("subclavian_artery_left", np.array([arch_top + (-12, -8, 0), (-30.0 * s, arch_top[1] - 12, top)]), 5.0 * s),
     ]
-    # Pulmonary trunk from the right ventricle's outflow, up, back and left under the arch.
+    # Pulmonary trunk from the right ventricle's outflow, up, back and left under the arch; it bifurcates in front
+    # of the carina, the right artery passing in front of the right main bronchus, the left one over the left.
     outflow = base((-0.2 * r[0], 0.75 * r[1], -0.35 * r[2]))
-    bifurcation = np.array([-8.0 * s, ys(patient.z_carina) + 38.0 * s, patient.z_carina - 12.0])
+    bifurcation = np.array([-8.0 * s, ys(patient.z_carina) + 52.0 * s, patient.z_carina - 10.0])
     tubes += [
         ("pulmonary_artery", np.array([outflow, 0.5 * (outflow + bifurcation) + (-6, 5, 8), bifurcation]), 14.0 * s),
         (
             "pulmonary_artery",
-            np.array([bifurcation, (10.0 * s, bifurcation[1] - 8, bifurcation[2]), patient.hilum(1)]),
+            np.array([bifurcation, (14.0 * s, bifurcation[1] - 4, bifurcation[2] - 8), patient.hilum(1)]),
             [12.0 * s, 11.0 * s, 9.0 * s],
         ),
         (
@@ -175,7 +179,7 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
             (-0.36 * patient.half_width, patient.body_y + 5.0, patient.z_dome_left - 35.0 * s),
         ]
     )
-    frac = canvas.tube_fraction(oes, 9.0 * s)
+    frac = canvas.tube_fraction(oes, 6.0 * s)  # collapsed, behind the trachea
     canvas.blend(frac, _WALL, L["esophagus"])
     occupied |= frac > 0.0
     if rng.random() < 0.4:  # a little swallowed air in the lumen

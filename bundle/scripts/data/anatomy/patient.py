@@ -164,12 +164,12 @@ def draw_patient(rng: np.random.Generator, female_share: float = 0.5) -> Patient
     wall = 2.0 + 0.7 * muscle_mm + 9.0
     cage_half_width = scale * rng.uniform(112.0, 124.0) * (1.03 if male else 0.97)
     half_width = float(cage_half_width + wall + 1.15 * fat_mm)
-    half_ap_posterior = float(scale * rng.uniform(66.0, 76.0) + wall + 0.9 * fat_mm)
-    half_ap_anterior = float(scale * rng.uniform(58.0, 70.0) + wall + 0.65 * fat_mm)
+    half_ap_posterior = float(scale * rng.uniform(72.0, 84.0) + wall + 0.9 * fat_mm)
+    half_ap_anterior = float(scale * rng.uniform(66.0, 78.0) + wall + 0.65 * fat_mm)
     body_y = float(rng.uniform(-8.0, 8.0))
 
     # Vertical landmarks: the lungs' height grows with inspiration and body size; the right dome sits higher.
-    lung_height = scale * (180.0 + 50.0 * inspiration) * (1.04 if male else 0.96)
+    lung_height = scale * (170.0 + 45.0 * inspiration) * (1.04 if male else 0.96)
     dome_gap, recess = rng.uniform(12.0, 28.0), scale * rng.uniform(40.0, 60.0)
     z_apex = float(0.5 * (lung_height + dome_gap + recess) + rng.uniform(-8.0, 8.0))  # lungs centred on the grid
     z_dome_right = float(z_apex - lung_height)
