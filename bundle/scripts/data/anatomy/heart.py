@@ -40,7 +40,7 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
     c = np.asarray(patient.heart_centre, dtype=np.float64)
     r = np.asarray(patient.heart_radii, dtype=np.float64) * patient.heart_scale
     axes = _frame(np.array([-0.62, 0.48, -0.55]) + rng.normal(0.0, 0.05, 3))
-    reach = r.max() + 12.0
+    reach = 1.25 * r.max() + 12.0  # the atria bulge beyond the ellipsoid
     sl, (px, py, pz) = canvas.box(c - reach, c + reach)
     rel = [px - c[0], py - c[1], pz - c[2]]
     u = [a[0] * rel[0] + a[1] * rel[1] + a[2] * rel[2] for a in axes]  # heart-frame coordinates (mm)
@@ -62,26 +62,30 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
     lab[outer] = L["epicardial_fat"]
     hu[muscle], lab[muscle] = _MYOCARDIUM, L["heart_myocardium"]
     # Chambers in the heart frame: u0 base→apex, u1 ≈ anterior, u2 ≈ patient's right-left.
-    lv_c, lv_r = (0.15 * r[0], -0.15 * r[1], -0.12 * r[2]), (0.62 * r[0], 0.42 * r[1], 0.42 * r[2])
-    lv_wall = ellipsoid(lv_c, np.asarray(lv_r) + 10.0 * s)
+    # Sizes give adult end-diastolic volumes (LV ≈ 120, RV ≈ 130, LA ≈ 60, RA ≈ 70 mL) and a myocardium of
+    # ≈ 150–250 mL (Kawel-Boehm et al., J Cardiovasc Magn Reson 2015).
+    lv_c, lv_r = (0.12 * r[0], -0.2 * r[1], -0.1 * r[2]), (0.62 * r[0], 0.55 * r[1], 0.55 * r[2])
+    lv_wall = ellipsoid(lv_c, np.asarray(lv_r) + 8.0 * s)
     chambers = (
-        (
-            "heart_ventricle_right",
-            (0.05 * r[0], 0.5 * r[1], 0.1 * r[2]),
-            (0.55 * r[0], 0.3 * r[1], 0.55 * r[2]),
-            lv_wall,
-        ),
-        ("heart_atrium_left", (-0.6 * r[0], -0.35 * r[1], -0.1 * r[2]), (0.3 * r[0], 0.35 * r[1], 0.45 * r[2]), None),
-        ("heart_atrium_right", (-0.45 * r[0], 0.1 * r[1], 0.55 * r[2]), (0.35 * r[0], 0.35 * r[1], 0.3 * r[2]), None),
+        ("heart_ventricle_right", (0.0, 0.45 * r[1], 0.12 * r[2]), (0.7 * r[0], 0.5 * r[1], 0.7 * r[2]), lv_wall),
+        ("heart_atrium_left", (-0.62 * r[0], -0.45 * r[1], -0.15 * r[2]), (0.34 * r[0], 0.42 * r[1], 0.6 * r[2]), None),
+        ("heart_atrium_right", (-0.5 * r[0], 0.2 * r[1], 0.62 * r[2]), (0.38 * r[0], 0.42 * r[1], 0.4 * r[2]), None),
         ("heart_ventricle_left", lv_c, lv_r, None),
     )
+    occupied = np.zeros(canvas.shape, dtype=bool)
+    occupied[sl] |= ellipsoid((0, 0, 0), r + 4.0)
     for name, centre, radii, exclude in chambers:
-        blood = ellipsoid(centre, radii) & muscle
+        if "atrium" in name:
+            # The atria bulge out of the ventricles' ellipsoid at the base, inside a 2.5 mm wall.
+            wall = ellipsoid(centre, np.asarray(radii) + 2.5 * s) & ~muscle
+            hu[wall], lab[wall] = _MYOCARDIUM, L["heart_myocardium"]
+            occupied[sl] |= ellipsoid(centre, np.asarray(radii) + 5.0 * s)
+            blood = ellipsoid(centre, radii)
+        else:
+            blood = ellipsoid(centre, radii) & muscle
         if exclude is not None:
             blood &= ~exclude
         hu[blood], lab[blood] = _BLOOD, L[name]
-    occupied = np.zeros(canvas.shape, dtype=bool)
-    occupied[sl] |= ellipsoid((0, 0, 0), r + 4.0)
 
     def base(offset):  # heart-frame point -> patient frame
         return c + np.asarray(offset, dtype=np.float64) @ axes
@@ -142,7 +146,7 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
         ),
     ]
     # Systemic veins.
-    ra = base((-0.45 * r[0], 0.1 * r[1], 0.55 * r[2]))
+    ra = base((-0.5 * r[0], 0.2 * r[1], 0.62 * r[2]))
     svc_top = np.array([30.0 * s, aorta[1][1] - 8.0, patient.z_sternal_notch - 15.0])
     tubes += [
         ("superior_vena_cava", np.array([ra, (ra[0] + 5, ra[1] - 10, ra[2] + 25), svc_top]), 10.0 * s),
@@ -169,7 +173,7 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
         canvas.blend(frac, _BLOOD + 2.0, L[name])
         occupied |= frac > 0.0
     # Oesophagus: behind the trachea and the left atrium, to the gastric hiatus on the left.
-    la = base((-0.6 * r[0], -0.35 * r[1], -0.1 * r[2]))
+    la = base((-0.62 * r[0], -0.45 * r[1], -0.15 * r[2]))
     oes = np.array(
         [
             (-4.0, ys(top) + 8.0, top),
