@@ -85,11 +85,12 @@ def mediastinum_mask(canvas: Canvas, patient: Patient) -> np.ndarray:
     spine_y = patient.spine_y(pz)
     # Superior mediastinum (above the carina): 35–60 mm wide round the trachea and great vessels, narrowing to the
     # anterior junction line where the lungs meet behind the sternum; below the carina only a thin septum separates
-    # the lungs (the heart, vessels and oesophagus are added as their own masks), so the lower lobes reach behind
+    # the lungs (≈ 2.5 mm, the four pleural layers of the junction line; the heart, vessels and oesophagus are added
+    # as their own masks), so the lower lobes reach behind
     # the heart as real ones do.
     superior = np.clip((pz - patient.z_carina + 15.0) / 30.0, 0.0, 1.0)
     front = np.clip((py - patient.body_y - 10.0) / 50.0, 0.0, 1.0)
-    width = 3.0 + s * superior * (18.0 + 10.0 * np.clip((patient.z_sternal_notch - pz) / 60.0, 0.0, 1.0)) * (
+    width = 1.2 + s * superior * (18.0 + 10.0 * np.clip((patient.z_sternal_notch - pz) / 60.0, 0.0, 1.0)) * (
         1.0 - 0.7 * front
     )
     sup = (np.abs(px + 4.0) < width) & (py > spine_y - 5.0)
