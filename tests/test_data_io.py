@@ -15,6 +15,7 @@ from monai.bundle import ConfigWorkflow
 from monai.data import ITKWriter
 from pydicom.data import get_testdata_file
 from scripts.data import (
+    PHANTOM_LABELS,
     find_ct_sources,
     load_ct,
     prepare_dataset,
@@ -181,6 +182,16 @@ def test_prepare_synthetic_through_the_bundle_runner(tmp_path):
     ct = nib.load(tmp_path / names[0])
     assert ct.shape == (24, 24, 24) and ct.get_data_dtype() == np.int16
     np.testing.assert_allclose(ct.header.get_zooms(), (13.0, 13.0, 13.0))
+    # The label table beside the data set, each label map beside its CT with the phantom's own record.
+    table = json.loads((tmp_path / "labels.json").read_text())
+    assert table["labels"] == {str(i): n for n, i in PHANTOM_LABELS.items()} and "pleural_effusion" in table["findings"]
+    entry = datalist["training"][0]
+    labels = nib.load(tmp_path / entry["label"])
+    assert labels.get_data_dtype() == np.uint8 and np.array_equal(
+        labels.affine, nib.load(tmp_path / entry["image"]).affine
+    )
+    record = json.loads((tmp_path / entry["label"].replace(".nii.gz", ".json")).read_text())
+    assert record["synthetic"] is True and record["patient"]["sex"] in ("female", "male") and record["volumes_ml"]
     # Never silently over an existing data set.
     before = (tmp_path / "datalist.json").read_text()
     with pytest.raises(FileExistsError, match="datalist.json exists; refusing to overwrite a prepared data set"):
