@@ -382,11 +382,28 @@ def test_evaluation_scores_model_baselines_and_best_constant(tmp_path, dataset, 
     for name, (preset, stages) in BASELINE_STAGES.items():
         saved = _save_untrained(baselines / f"{name}.pt", "train.yaml", f"stages/{preset}", stages=stages)
         assert read_model_config(saved)["network"] == "LiftedRegressor"
-    _run(tmp_path, dataset, checkpoint, files, baselines_dir=str(baselines), protocol_size=32, ssim_window=3)
+    _run(
+        tmp_path,
+        dataset,
+        checkpoint,
+        files,
+        baselines_dir=str(baselines),
+        protocol_size=32,
+        ssim_window=3,
+        num_samples=2,
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["cases"] == 3 and list(metrics["mean"]) == ["model", "best_constant", "lifted_prior", "unet_3d"]
-    for scores in metrics["mean"].values():
-        assert set(scores) == {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim"}
+    for method, scores in metrics["mean"].items():
+        assert set(scores) == {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim", "tissue"} | (
+            {"uncertainty"} if method == "model" else set()
+        )
+        assert set(scores["tissue"]) == {"lung", "fat", "soft_tissue", "bone"}
+    model = metrics["per_case"]["case_0000"]["model"]
+    assert len(model["uncertainty"]["calibration"]) == 10 and -1.0 <= model["uncertainty"]["std_error_r"] <= 1.0
+    # The constant's bias per tissue is its value minus the tissue's mean: negative in bone, positive in the lungs.
+    constant = metrics["per_case"]["case_0000"]["best_constant"]["tissue"]
+    assert constant["bone"]["bias_hu"] < 0 < constant["lung"]["bias_hu"]
     # The best constant is the target's mean: its PSNR is set by the target's standard deviation in the window.
     case = json.loads((dataset / "datalist.json").read_text())["test"][0]
     parser = _inference_parser(checkpoint)

@@ -201,7 +201,9 @@ class CTInferenceWorkflow:
             "files": {k: str(v.relative_to(self.output_dir)) for k, v in targets.items() if v.exists()},
         }
         if self.evaluation is not None:
-            summary["metrics"] = self.evaluation(name, data, hu, self.device, model_drr_errors=errors)
+            summary["metrics"] = self.evaluation(
+                name, data, hu, self.device, model_drr_errors=errors, std=std if samples > 1 else None
+            )
         text = json.dumps(summary, indent=2)
         atomic_write(targets["json"], lambda p: Path(p).write_text(text), self.overwrite)
         return summary
