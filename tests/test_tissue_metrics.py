@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scripts.engines.evaluation import TISSUES, tissue_metrics, uncertainty_calibration
+from scripts.engines.report import case_slices, save_case_figure
 
 WINDOW = (-1000.0, 2000.0)
 
@@ -55,3 +57,24 @@ def test_a_calibrated_std_predicts_the_error():
     # A std unrelated to the error does not predict it.
     shuffled = torch.from_numpy(rng.permutation(sigma.numpy().ravel()).reshape(shape))
     assert abs(uncertainty_calibration(pred, shuffled, target, WINDOW, body)["std_error_r"]) < 0.03
+
+
+def test_case_figure_shows_truth_generated_and_error(tmp_path):
+    """The figure's error row is |generated − truth| on 0..500 HU: a uniform +250 HU error reads mid-grey (127)."""
+    truth = np.full((16, 16, 16), -1000.0, dtype=np.float32)
+    truth[4:12, 4:12, 4:12] = 0.0
+    slices = case_slices(truth, truth + 250.0)
+    assert list(slices) == ["truth", "generated", "|error|"] and list(slices["truth"]) == [
+        "axial",
+        "coronal",
+        "sagittal",
+    ]
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "case.png"
+    save_case_figure(path, slices, tile=32)
+    image = np.asarray(Image.open(path))
+    assert image.shape == (3 * (32 + 14), 3 * 32)
+    assert image[2 * 46 + 14 + 16, 16] == 127  # error row, axial, centre: 250 / 500 · 255 → 127
+    assert image[14 + 16, 16] == 127  # truth row: 0 HU in the chest window −1000..1000 → 127

@@ -41,6 +41,7 @@ from ..checkpoint import build_network, check_model_config, load_network_weights
 from ..data import body_mask, voxel_spacing
 from ..physics import ct_scale_to_hu
 from ..utils import atomic_write
+from .report import case_slices, save_case_figure, save_summary_plot, write_metrics_csv
 from .sampler import CTInferer, RegressionInferer
 
 __all__ = [
@@ -192,6 +193,8 @@ class CTEvaluation:
         baselines: name -> checkpoint path; each runs on the same views.
         model_config: the evaluated model's config (the baselines are checked against it; ``None``: not checked).
         ssim_window: 3D SSIM window (voxels); protocol_size: grid of the biplanar protocol metrics.
+        figures: also write ``metrics.csv``, ``metrics_summary.png`` and a truth/generated/error figure per case
+            (:mod:`.report`).
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class CTEvaluation:
         model_config: Mapping | None = None,
         ssim_window: int = 7,
         protocol_size: int = 128,
+        figures: bool = True,
     ) -> None:
         self.composer, self.hu_window = composer, tuple(map(float, hu_window))
         self.baselines = {name: Path(path) for name, path in (baselines or {}).items()}
@@ -210,6 +214,8 @@ class CTEvaluation:
         self.inferer = CTInferer(RegressionInferer())
         self.ssim_window, self.protocol_size = int(ssim_window), int(protocol_size)
         self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.figures = bool(figures)
+        self._slices: dict[str, dict] = {}
 
     def _score(self, hu, target, views, mask, body, drr_errors: Mapping | None = None) -> dict:
         scores = volume_metrics(hu, target, self.hu_window, self.ssim_window)
@@ -269,10 +275,13 @@ class CTEvaluation:
         if std is not None:
             scores["model"]["uncertainty"] = uncertainty_calibration(hu, std, target, self.hu_window, body)
         self.results[name] = scores
+        if self.figures:
+            self._slices[name] = case_slices(target[0], hu[0])
         return scores
 
     def finish(self, report: Mapping, output_dir: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write ``output_dir/metrics.json`` (per case, mean per method, failures, definitions); returns its path."""
+        """Write ``output_dir/metrics.json`` (per case, mean per method, failures, definitions) and, with ``figures``,
+        the CSV, the summary plot and the per-case figures; returns the JSON's path."""
         methods = sorted({m for case in self.results.values() for m in case}, key=lambda m: (m != "model", m))
         mean = {
             m: {k: float(np.mean([c[m][k] for c in self.results.values() if m in c])) for k in METRICS} for m in methods
@@ -301,4 +310,9 @@ class CTEvaluation:
         path = Path(output_dir) / "metrics.json"
         text = json.dumps(_json_safe(content), indent=2, allow_nan=False)
         atomic_write(path, lambda p: Path(p).write_text(text), overwrite=True)
+        if self.figures and self.results:
+            write_metrics_csv(Path(output_dir) / "metrics.csv", self.results)
+            save_summary_plot(Path(output_dir) / "metrics_summary.png", self.results)
+            for name, slices in self._slices.items():
+                save_case_figure(Path(output_dir) / name / f"{name}_evaluation.png", slices)
         return str(path)
