@@ -26,11 +26,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bundle"), str(ROOT)]
 
-from benchmarks.domain_gap import _bundle_once, _example_ct, train  # noqa: E402
+from benchmarks.domain_gap import _bundle, _bundle_once, _example_ct, train  # noqa: E402
 from benchmarks.run import markdown_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FILES = ["common.yaml", "inference.yaml", "evaluate.yaml"]
+
+
+def train_shipped_recipe(root: Path, seed: int = 0) -> dict:
+    """The shipped model's recipe (bundle/docs: 40 phantoms, stage 0 50 epochs, stage 1 75 epochs, batch 2) on the
+    current generator's phantoms: the equal-budget counterpart of ``bundle/models/model.pt``."""
+    base = {
+        "dataset_dir": str(root / "data"),
+        "ckpt_dir": str(root / "off" / "ckpt"),
+        "progress_bar": "False",
+        "synthetic_count": "40",
+        "seed": str(seed),
+    }
+    record = {"variant": "off", "recipe": "shipped", "seed": seed, "stages": []}
+    for stage, epochs in ((0, 50), (1, 75)):
+        overrides = dict(base, stage=str(stage), max_epochs=str(epochs), val_interval=str(epochs))
+        overrides["output_dir"] = str(root / "off" / f"runs_{stage}")
+        seconds = _bundle(["common.yaml", "train.yaml"], overrides, root / "off" / f"train_{stage}.log")
+        record["stages"].append({"stage": stage, "epochs": epochs, "wall_s": round(seconds, 1)})
+    (root / "off" / "train_record.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 def evaluate(ckpt: Path, out_root: Path, baselines: str = "{}") -> dict:
@@ -108,7 +128,7 @@ def report(roots: list[Path], shipped: Path | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["train", "evaluate", "shipped", "report"])
+    parser.add_argument("command", choices=["train", "train_shipped_recipe", "evaluate", "shipped", "report"])
     parser.add_argument("--root", type=Path)
     parser.add_argument("--roots", type=Path, nargs="*", default=[])
     parser.add_argument("--shipped", type=Path)
@@ -118,6 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "train":
         train("off", args.root, args.stage0_epochs, args.stage1_epochs, args.seed)
+    elif args.command == "train_shipped_recipe":
+        train_shipped_recipe(args.root, args.seed)
     elif args.command == "evaluate":
         evaluate(args.root / "off" / "ckpt" / "stage_1" / "model.pt", args.root)
     elif args.command == "shipped":
