@@ -4,6 +4,7 @@ grids, 1-2 epochs)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -23,7 +24,18 @@ TINY = {
 }
 
 
-def _run(tmp_path, presets=(), **overrides):
+class _Messages(logging.Handler):
+    """The messages of MONAI's StatsHandler logger (it does not propagate to the root), in order."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _run(tmp_path, presets=(), log: _Messages | None = None, **overrides):
     settings = dict(
         TINY,
         dataset_dir=str(tmp_path / "data"),
@@ -35,7 +47,13 @@ def _run(tmp_path, presets=(), **overrides):
         config_file=config_files("train.yaml", *presets), workflow_type=None, run_id="training", **settings
     )
     workflow.initialize()
-    workflow.run()
+    stats = logging.getLogger("monai.handlers.StatsHandler")  # made by the handlers, at initialize
+    if log is not None:
+        stats.addHandler(log)
+    try:
+        workflow.run()
+    finally:
+        stats.removeHandler(log)  # a no-op for None
     trainer = workflow.parser.get_parsed_content("train#trainer")
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     workflow.finalize()
@@ -140,6 +158,20 @@ def test_stage_zero_then_stage_one(tmp_path):
     inference.finalize()
     report = json.loads((tmp_path / "inference" / "inference_report.json").read_text())
     assert len(report["done"]) == 1 and report["failed"] == [] and report["done"][0]["shape"] == [16, 16, 16]
+
+
+def test_log_has_epoch_lines_and_iteration_lines_only_when_asked(tmp_path):
+    log = _Messages()
+    _run(tmp_path, log=log)
+    assert [m for m in log.messages if m.startswith("Epoch[1] Metrics -- train_epoch_loss: ")]
+    assert [m for m in log.messages if m.startswith("Epoch[1] Metrics -- val_")]  # the validation's epoch line
+    assert not [m for m in log.messages if "Iter:" in m]  # the progress bar shows the iterations, not the log
+    # iteration_log_interval N: the loss every N iterations (one iteration per epoch here).
+    log = _Messages()
+    _run(tmp_path, log=log, iteration_log_interval=2, max_epochs=2, val_interval=2)
+    iterations = [m for m in log.messages if "Iter:" in m]
+    assert len(iterations) == 1 and iterations[0].startswith("Epoch: 2/2, Iter: 1/1 -- train_loss: ")
+    assert len([m for m in log.messages if "Metrics -- train_epoch_loss: " in m]) == 2
 
 
 def test_training_state_is_kept_once_per_stage_and_replaced_on_resume(tmp_path):
@@ -261,7 +293,8 @@ def test_readme_training_command_runs_from_the_repository_root(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "models" / "stage_0" / "model.pt").is_file()
-    assert "val_psnr" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr  # what the user sees: epoch lines, no line per iteration
+    assert "val_psnr" in out and "Epoch[1] Metrics -- train_epoch_loss: " in out and "Iter:" not in out
 
 
 def test_mlflow_tracking_records_losses_and_metrics(tmp_path):
