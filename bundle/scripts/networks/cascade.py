@@ -15,7 +15,7 @@ from ..physics import ProjectionGeometry
 from .blocks import ATTENTION_MODES
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
-from .interface import check_stage
+from .interface import check_stage, skip_checkpoint_records
 from .lifting import DepthLifting
 
 __all__ = ["STAGE_KEYS", "XrayToCTCascade", "resample_previous"]
@@ -183,6 +183,7 @@ class XrayToCTCascade(nn.Module):
                 gradient_checkpointing=gradient_checkpointing,
             )
             self.stages.append(modules)
+        self.register_load_state_dict_pre_hook(skip_checkpoint_records)  # model.pt's records beside the weights
 
     @property
     def num_stages(self) -> int:
@@ -194,11 +195,12 @@ class XrayToCTCascade(nn.Module):
     def standalone_denoiser(self, stage: int) -> HybridViT3D:
         """A copy of stage ``stage``'s denoiser that loads its weights from a state dict of the whole cascade.
 
-        For TorchScript export with ``python -m monai.bundle ckpt_export``, which loads the checkpoint (e.g.
-        ``models/model.pt``, key ``network``) strictly into the module it exports: the copy's ``load_state_dict``
-        keeps the ``stages.<stage>.denoiser.*`` entries of a cascade state dict (renamed) and drops the rest; its own
-        state dicts load as usual. The denoiser scripts (``torch.jit.script``); the encoder and the depth lifting
-        that produce its inputs stay in Python (``stage<s>_denoiser_data_format`` in ``configs/metadata.json``).
+        For TorchScript export with ``python -m monai.bundle ckpt_export``, which loads the checkpoint (a training
+        run's ``model.pt`` as it is; the shipped ``models/model.pt`` with ``--key_in_ckpt model``) strictly into the
+        module it exports: the copy's ``load_state_dict`` keeps the ``stages.<stage>.denoiser.*`` entries of a
+        cascade state dict (renamed) and drops the rest; its own state dicts load as usual. The denoiser scripts
+        (``torch.jit.script``); the encoder and the depth lifting that produce its inputs stay in Python
+        (``stage<s>_denoiser_data_format`` in ``configs/metadata.json``).
         """
         check_stage(self.num_stages, stage)
         denoiser = copy.deepcopy(self.stages[stage]["denoiser"])
