@@ -2,7 +2,7 @@
 
 from .baselines import LiftedRegressor
 from .blocks import ATTENTION_MODES, DiTBlock, TimestepEmbedder
-from .cascade import STAGE_KEYS, XrayToCTCascade
+from .cascade import STAGE_KEYS, CascadeStage, XrayToCTCascade
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
 from .interface import CascadeLike, check_stage, unwrap
@@ -11,6 +11,7 @@ from .lifting import DepthLifting, ResolutionDepthPriors, backproject, voxel_cen
 __all__ = [
     "ATTENTION_MODES",
     "CascadeLike",
+    "CascadeStage",
     "DepthLifting",
     "DiTBlock",
     "HybridViT3D",
