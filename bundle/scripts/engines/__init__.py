@@ -6,7 +6,7 @@ from .inference import CTInferenceWorkflow
 from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
 from .preview import orthogonal_slices, save_preview
-from .sampler import CascadeSampler, CTInferer, RegressionInferer, views_and_mask
+from .sampler import CascadeSampler, CTInferer, RegressionInferer, XrayToCT, views_and_mask
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
 from .workflow import DRRPreviewHandler, StageBatch, drr_error_pairs
 
@@ -23,6 +23,7 @@ __all__ = [
     "RegressionInferer",
     "RegressionObjective",
     "StageBatch",
+    "XrayToCT",
     "drr_consistency",
     "drr_error_pairs",
     "freeze_for_stage",

@@ -2,7 +2,7 @@
 
 from .baselines import LiftedRegressor
 from .blocks import ATTENTION_MODES, DiTBlock, TimestepEmbedder
-from .cascade import STAGE_KEYS, XrayToCTCascade
+from .cascade import STAGE_KEYS, CascadeStage, XrayToCTCascade
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
 from .interface import CHECKPOINT_RECORDS, CascadeLike, check_stage, skip_checkpoint_records, unwrap
@@ -12,6 +12,7 @@ __all__ = [
     "ATTENTION_MODES",
     "CHECKPOINT_RECORDS",
     "CascadeLike",
+    "CascadeStage",
     "DepthLifting",
     "DiTBlock",
     "HybridViT3D",

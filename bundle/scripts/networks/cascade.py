@@ -18,7 +18,7 @@ from .encoder import XrayEncoder, XrayEncoding
 from .interface import check_stage, skip_checkpoint_records
 from .lifting import DepthLifting
 
-__all__ = ["STAGE_KEYS", "XrayToCTCascade", "resample_previous"]
+__all__ = ["STAGE_KEYS", "CascadeStage", "XrayToCTCascade", "resample_previous"]
 
 #: Keys a stage entry of the presets may set (``grid_size``, ``patch_size``, ``width``, ``depth``, ``heads`` are
 #: required).
@@ -208,6 +208,11 @@ class XrayToCTCascade(nn.Module):
         denoiser.register_load_state_dict_pre_hook(hook)
         return denoiser
 
+    def stage_network(self, stage: int) -> CascadeStage:
+        """Stage ``stage`` of this cascade as a module of tensor inputs only (:class:`CascadeStage`), for
+        ``torch.jit.trace``; it shares this cascade's modules and weights."""
+        return CascadeStage(self, stage)
+
     def encode(self, xray: torch.Tensor, view_mask: torch.Tensor | None = None) -> XrayEncoding:
         """``xray (B, V, H, W)`` network-scale views -> the shared encoding."""
         return self.encoder(xray, view_mask)
@@ -289,3 +294,40 @@ class XrayToCTCascade(nn.Module):
         return self.stages[stage]["denoiser"](
             torch.cat([x_t, *conditioning], dim=1), t, encoding.tokens, encoding.global_embedding, encoding.token_mask
         )
+
+
+class CascadeStage(nn.Module):
+    """One stage of a cascade with tensor inputs only: ``forward(x_t, t, xray, view_mask=None, previous=None)``.
+
+    ``torch.jit.trace`` records tensors only, so the cascade's ``stage`` argument is fixed here; the trace holds that
+    stage's whole step (X-ray encoder, depth lifting, denoiser) as one TorchScript graph, and the sampling loop calls
+    it once per step. Trace it with its weights loaded (the trace keeps the lifting's geometry buffers, which
+    checkpoints do not hold), e.g. with MONAI's ``convert_to_torchscript(stage, inputs=[x_t, t, xray, view_mask(,
+    previous)], use_trace=True)``. ``torch.jit.script`` of the cascade fails: :class:`~scripts.networks.XrayEncoding`
+    is a dataclass, the checks format messages with ``!r``, and ``forward`` indexes ``stages`` with a run-time
+    ``stage``.
+
+    The module registers the cascade's own ``encoder`` and ``stages`` under the same names, so a state dict of the
+    cascade (e.g. ``models/model.pt``, key ``model``) loads into it strictly, and into the cascade at once.
+
+    Args:
+        cascade: the cascade whose modules are shared.
+        stage: the stage index.
+    """
+
+    def __init__(self, cascade: XrayToCTCascade, stage: int) -> None:
+        super().__init__()
+        self.stage = check_stage(cascade.num_stages, stage)
+        self.encoder, self.stages = cascade.encoder, cascade.stages  # the cascade's state-dict names
+        self._cascade = (cascade,)  # in a tuple: not a second registration of the same modules
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        xray: torch.Tensor,
+        view_mask: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``XrayToCTCascade.forward`` of this stage: ``(B, 1, X, Y, Z)`` prediction (shapes there)."""
+        return self._cascade[0](x_t, t, xray, stage=self.stage, previous=previous, view_mask=view_mask)
