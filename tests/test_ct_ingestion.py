@@ -471,8 +471,8 @@ def test_partial_coverage_is_padded_with_air_and_reported(tmp_path):
 # ---- the couch -----------------------------------------------------------------------------------------------------
 
 
-def _phantom_on_a_couch(shape=(144, 128, 64), seed: int = 0):
-    """A 2.5 mm phantom (the chest below the shoulders: the raised arms reach the grid's edge) on a couch: a curved
+def _phantom_on_a_couch(shape=(168, 128, 64), seed: int = 0):
+    """A 2.5 mm phantom (420 mm wide, the chest below the shoulders: no body at the grid's edge) on a couch: a curved
     carbon shell (+300 HU, 5 mm thick, >= 15 mm below the back) under a foam mattress (-900 HU) that touches the
     back, 2.5 mm straps (0 HU) from the shell to the skin, a blanket line (-300 HU) 15 mm above the chest, and noise
     in the air (20 HU)."""
