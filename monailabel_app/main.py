@@ -38,6 +38,7 @@ from fastapi import HTTPException
 from lib.infers import TissueInferTask, XrayToCTInferTask
 from lib.results import RequestRefused
 from lib.tissue import label_info, label_names
+from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -170,6 +171,8 @@ class XrayToCTApp(MONAILabelApp):
         try:
             if image_id is None:
                 return {"id": None, "reason": "the input is not a datastore image (an upload or a path)"}
+            if type(datastore) is not LocalDatastore:  # DICOMweb and others list what their server holds
+                return {"id": None, "reason": f"stored in a local datastore only, this is a {type(datastore).__name__}"}
             ct_id = f"{image_id}{SYNTHETIC_SUFFIX}"
             info = {
                 SOURCE_KEY: image_id,
@@ -181,7 +184,7 @@ class XrayToCTApp(MONAILabelApp):
                 label = {"model": model, "params": {"label_names": label_names(), "label_info": label_info()}}
                 datastore.save_label(ct_id, label_file, "original", label)
             return {"id": ct_id, "source": image_id, "path": datastore.get_image_uri(ct_id)}
-        except Exception as error:  # a datastore that cannot add images (read-only, remote): the label map still goes
+        except Exception as error:  # a datastore that cannot add images (read-only folder): the label map still goes
             logger.warning("synthetic CT of %s not stored in the datastore: %s", image_id, error)
             return {"id": None, "reason": f"not stored: {error}"}
         finally:

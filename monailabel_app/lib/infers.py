@@ -266,4 +266,3 @@ class TissueInferTask(XrayToCTInferTask):
         result["label_names"] = self.labels
         result["latencies"] = {"total": round(time.time() - start, 2)}
         return label_file, result
-

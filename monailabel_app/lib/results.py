@@ -2,9 +2,10 @@
 
 MONAI Label's clients ask for label-map formats: 3D Slicer's module sends ``result_extension=".nrrd"`` and
 ``result_dtype="uint8"`` with every request, and MONAI Label's writer casts with ``numpy.astype``, which turns a
-negative HU value into a meaningless unsigned one (−1000 HU in int16 wraps to 24 in uint8). So the CT model never casts HU to a type that cannot
-hold them: a request for such a type gets the CT as int16 HU (what CT files hold), and the result JSON says so. A
-dtype or extension that cannot be written at all is refused with a message naming the key and the values allowed.
+negative HU value into a meaningless unsigned one (−1000 HU in int16 wraps to 24 in uint8). So the CT model never
+casts HU to a type that cannot hold them: a request for such a type gets the CT as int16 HU (what CT files hold), and
+the result JSON says so. A dtype or extension that cannot be written at all is refused with a message naming the key
+and the values allowed.
 
 Torch and numpy only (no MONAI Label): the project's tests import this module without MONAI Label installed.
 """
