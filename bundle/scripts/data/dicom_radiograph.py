@@ -61,7 +61,13 @@ import pydicom
 from PIL import Image, ImageDraw
 from pydicom import uid as dicom_uid
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+
+try:  # pydicom 3 (the bundle's pin)
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+except ImportError:  # pydicom 2.4 (MONAI Label's environment, pinned there by pydicom-seg): the same LUT functions
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi, apply_windowing
+
+    get_decoder = None  # pydicom 2 names a missing decoder itself when the pixels are read
 
 __all__ = ["RADIOGRAPH_MODALITIES", "DicomImage", "grey_from_rgb", "radiograph_kind", "read_dicom", "unexposed_masks"]
 
@@ -178,7 +184,7 @@ def unexposed_masks(
 def _decode(ds: pydicom.Dataset, name: str) -> np.ndarray:
     """The stored pixel values, with a message naming the plugins when the transfer syntax has no decoder."""
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if tsyntax is not None and tsyntax.is_compressed:
+    if tsyntax is not None and tsyntax.is_compressed and get_decoder is not None:
         try:
             available = get_decoder(tsyntax).is_available
         except NotImplementedError:
