@@ -3,6 +3,8 @@
 from .anatomy import PATHOLOGIES, PHANTOM_LABELS, ChestPhantom, chest_phantom, label_names, synthetic_chest_ct
 from .cases import INPUT_KEYS, CTOutputd, XrayInputsd, load_cases
 from .dicom_output import STUDY_LINK_KEYWORDS, SYNTHETIC_SERIES_DESCRIPTION, bundle_version
+from .dicom_radiograph import header_view
+from .dicomweb import DicomWebClient, DicomWebError, StoreResult, check_uid
 from .io import CT_SUFFIXES, LoadCTd, find_ct_sources, load_ct, split_series_source, write_ct_dicom_series, write_nifti
 from .prepare import ensure_dataset, prepare_dataset, split_cases
 from .radiograph import (
@@ -48,6 +50,11 @@ __all__ = [
     "NetworkRadiograph",
     "Radiograph",
     "RadiographRealism",
+    "DicomWebClient",
+    "DicomWebError",
+    "StoreResult",
+    "check_uid",
+    "header_view",
     "RemoveCouchd",
     "STUDY_LINK_KEYWORDS",
     "SYNTHETIC_SERIES_DESCRIPTION",
