@@ -171,3 +171,21 @@ def test_round_trip_through_orthanc(tmp_path, orthanc):
     np.testing.assert_allclose(ct.affine.numpy(), nifti.affine, atol=1e-4)
     np.testing.assert_array_equal(ct[0].numpy(), np.asarray(nifti.dataobj))
     assert -1000 <= float(ct.min()) and float(ct.max()) <= 2000 and float(ct.std()) > 10  # a CT, not a constant
+
+
+def test_orthanc_files_an_instance_with_another_patient_id_as_another_study(orthanc):
+    """Why the synthetic series copies the patient ID: with another one, the same StudyInstanceUID becomes a second
+    study of a second patient (Orthanc's study identifier hashes the patient ID with the study UID)."""
+    geometry = ProjectionGeometry(views=("pa", "lateral"), detector_shape=(16, 16), pixel_spacing_mm=35.2)
+    pa, lateral = dx_study(geometry, size=16, spacing_mm=20.0, seed=1002)
+    anonymised = pydicom.dcmread(io.BytesIO(lateral))
+    anonymised.PatientID = "ANON"
+    buffer = io.BytesIO()
+    anonymised.save_as(buffer)
+    for data in (pa, buffer.getvalue()):
+        with urllib.request.urlopen(urllib.request.Request(orthanc + "/instances", data=data, method="POST")) as a:
+            assert json.loads(a.read())["Status"] == "Success"
+    uid = str(anonymised.StudyInstanceUID)
+    found = [json.loads(_get(f"{orthanc}/studies/{s}")[1]) for s in json.loads(_get(orthanc + "/studies")[1])]
+    same = [s["PatientMainDicomTags"]["PatientID"] for s in found if s["MainDicomTags"]["StudyInstanceUID"] == uid]
+    assert sorted(same) == ["ANON", PATIENT["PatientID"]]

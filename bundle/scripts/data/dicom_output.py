@@ -16,16 +16,18 @@ What a PACS receives (CT Image Storage, PS3.3 A.3; Type 2 attributes present, em
   ``SpacingBetweenSlices`` = the z spacing, ``SliceLocation``; signed 16-bit pixels that are HU through
   ``RescaleSlope`` 1 / ``RescaleIntercept`` 0 (``RescaleType`` HU), default windows (mediastinum, lung).
 * **What is copied from the study it joins** (``study``: any image of that study), and nothing else:
-  :data:`STUDY_LINK_KEYWORDS`. ``StudyInstanceUID`` is the link itself; a PACS files an instance under its patient
-  by ``PatientID`` (with ``IssuerOfPatientID`` where the site uses one), and an instance whose patient ID differs
-  from its study's is rejected or split into a second patient by most archives; ``PatientName`` is compared with
-  the stored patient by many archives (a mismatch is a reconciliation case) and is what a radiologist checks. The
-  other study-level attributes (``AccessionNumber``, ``StudyDate``/``StudyTime``, ``StudyID``,
-  ``ReferringPhysicianName``) and the patient's birth date and sex are Type 2 and left empty: the archive keeps the
-  values it holds for the study, and the derived series carries no more of the patient than it needs.
-  ``SourceImageSequence`` references the input radiographs by SOP class and instance UID (``sources``; PS3.3
-  C.7.6.1.1.4: a derived image names its sources), which are UIDs of the same study, not of the patient.
-  Without ``study`` the series is a study of its own with an anonymous patient (``Anonymous`` / ``ANON``).
+  :data:`STUDY_LINK_KEYWORDS`. ``StudyInstanceUID`` is the link itself. An archive files an instance under its
+  patient by ``PatientID`` (with ``IssuerOfPatientID`` and its qualifiers where the site uses them): an instance whose
+  patient ID differs from its study's is refused by archives that check patient consistency, or lands under another
+  patient (Orthanc, whose study identifier hashes the patient ID with the study UID, then lists two studies with one
+  UID). ``PatientName`` is compared with the stored patient by many archives (a mismatch is a reconciliation case)
+  and is what a radiologist checks on screen. The other study-level attributes (``AccessionNumber``,
+  ``StudyDate``/``StudyTime``, ``StudyID``, ``ReferringPhysicianName``) and the patient's birth date and sex are
+  Type 2 and left empty: the archive keeps the values it holds for the study, and the derived series carries no
+  more of the patient than it needs. ``SourceImageSequence`` references the input radiographs by SOP class and
+  instance UID (``sources``; the General Image module's way for a derived image to name its sources): UIDs of the
+  same study, not of the patient. Without ``study`` the series is a study of its own with an anonymous patient
+  (``Anonymous`` / ``ANON``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ from ..utils import atomic_write
 __all__ = ["STUDY_LINK_KEYWORDS", "SYNTHETIC_SERIES_DESCRIPTION", "bundle_version", "write_ct_dicom_series"]
 
 #: Attributes copied from an image of the study the series joins: the least that files it into that study.
-STUDY_LINK_KEYWORDS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName")
+STUDY_LINK_KEYWORDS = (
+    "StudyInstanceUID",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "PatientName",
+)
 #: The default SeriesDescription (LO: at most 64 characters).
 SYNTHETIC_SERIES_DESCRIPTION = "SYNTHETIC CT from radiographs (xray2ct) - NOT FOR DIAGNOSIS"
 _COMMENT = (
@@ -89,7 +97,8 @@ def _study_link(study: Dataset | None) -> Dataset:
 
 
 def _needs_utf8(ds: Dataset) -> bool:
-    return any(not str(ds.get(k, "") or "").isascii() for k in STUDY_LINK_KEYWORDS)
+    """Whether a copied text holds characters beyond ASCII (then the series says ISO_IR 192, UTF-8)."""
+    return any(not str(ds.get(k, "") or "").isascii() for k in ("PatientID", "IssuerOfPatientID", "PatientName"))
 
 
 def write_ct_dicom_series(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -267,6 +268,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
         """Query, choose, retrieve, generate, store; returns (and writes) ``inference_report.json``."""
         seconds: dict[str, float] = {}
         start = time.perf_counter()
+        self._study, self._sources = None, []
         views = [str(v) for v in self.composer.renderer.geometry.views]
         chosen, notes = choose_views(self.query(), views, self.requested)
         seconds["query"] = round(time.perf_counter() - start, 3)
@@ -286,7 +288,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
             "seconds": seconds,
         }
         report_path = self.output_dir / "inference_report.json"
-        claim(report_path, json.dumps({"status": "running"}), overwrite=self.overwrite)
+        claim(report_path, json.dumps({"status": "running", "pid": os.getpid()}), overwrite=self.overwrite)
         report: dict = {"done": [], "failed": [], "dicomweb": record}
         try:
             with tempfile.TemporaryDirectory(prefix="xray2ct-dicomweb-") as tmp:
