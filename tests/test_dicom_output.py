@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pydicom
 import pytest
@@ -31,6 +34,9 @@ def _radiograph(**tags) -> Dataset:
     ds.ReferringPhysicianName, ds.InstitutionName, ds.StationName = "Dr^Who", "St Mary", "DXROOM1"
     ds.OperatorsName, ds.DeviceSerialNumber, ds.StudyDescription = "Tech^One", "SN-1", "CHEST 2 VIEWS"
     ds.Modality, ds.ViewPosition = "DX", "PA"
+    issuer = Dataset()
+    issuer.UniversalEntityID, issuer.UniversalEntityIDType = "2.16.840.1.999", "ISO"
+    ds.IssuerOfPatientIDQualifiersSequence = [issuer]
     for key, value in tags.items():
         setattr(ds, key, value)
     return ds
@@ -58,6 +64,7 @@ def test_a_series_that_joins_a_study_copies_the_link_and_nothing_else(tmp_path):
         # The link: study, patient ID (with its issuer) and name; the name survives the character set change.
         assert ds.StudyInstanceUID == pa.StudyInstanceUID
         assert (ds.PatientID, ds.IssuerOfPatientID, str(ds.PatientName)) == ("PAT-0042", "HOSPITAL-A", "Müller^Jürgen")
+        assert ds.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == "2.16.840.1.999"
         assert ds.SpecificCharacterSet == "ISO_IR 192"
         # Nothing else from the inputs: Type 2 attributes present and empty, the others absent.
         for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
@@ -127,3 +134,15 @@ def test_uid_prefix_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         write_ct_dicom_series(tmp_path / "u", hu, affine, uid_prefix="not a uid")
     assert not any((tmp_path / n).exists() for n in "dsu")
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' IOD checker (apt-get install dicom3tools)")
+def test_the_slices_pass_dicom3tools_iod_check(tmp_path):
+    """dciodvfy checks a file against the CT Image IOD (every module, Type 1/2/1C/2C, values per VR)."""
+    hu, affine = _volume()
+    pa = _radiograph()
+    for folder, study in (("linked", pa), ("standalone", None)):
+        files = write_ct_dicom_series(tmp_path / folder, hu, affine, study=study, sources=[pa] if study else ())
+        out = subprocess.run(["dciodvfy", str(files[0])], capture_output=True, text=True, timeout=60)
+        lines = (out.stdout + out.stderr).splitlines()
+        assert "CTImage" in lines and not [line for line in lines if line.startswith("Error")], lines
