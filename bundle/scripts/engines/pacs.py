@@ -184,6 +184,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
         self.name = name
         self._study: Dataset | None = None
         self._sources: list[Dataset] = []
+        self._retrieved: dict[str, bytes] = {}  # SOP instance UID -> file, for the length of one run
 
     def write_series(self, folder: Path, hu: torch.Tensor, affine: np.ndarray) -> list[Path]:
         """The CT as a new series of the study: linked by the PA (or only) input's header, naming both inputs."""
@@ -205,7 +206,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
         series = self.client.search_series(self.study_uid)
         if not series:
             raise ValueError(
-                f"study_uid: no study {self.study_uid} at {self.client.base_url} (QIDO-RS found no series)"
+                f"study_uid: no study {self.study_uid} at {self.client.base_url} (QIDO-RS found no series)."
             )
         kinds = (*RADIOGRAPH_MODALITIES, "")  # a series whose answer leaves out its modality is looked into
         radiographs = [s for s in series if _text(s, "Modality").upper() in kinds]
@@ -232,8 +233,10 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
         return header
 
     def retrieve(self, ds: Dataset) -> bytes:
-        """WADO-RS: one instance's file, checked to be the instance asked for."""
+        """WADO-RS: one instance's file, checked to be the instance asked for (each is retrieved once per run)."""
         sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
+        if sop in self._retrieved:
+            return self._retrieved[sop]
         data = self.client.retrieve_instance(self.study_uid, ds.SeriesInstanceUID, sop)
         try:
             header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -241,6 +244,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
             raise DicomWebError(f"WADO-RS: instance {sop} is not a readable DICOM file ({err}).") from None
         if str(header.get("SOPInstanceUID", "")) != sop or str(header.get("StudyInstanceUID", "")) != self.study_uid:
             raise DicomWebError(f"WADO-RS: asked for instance {sop} of study {self.study_uid}, got another instance.")
+        self._retrieved[sop] = data
         return data
 
     def store_series(self, files: Sequence[Path]) -> dict:
@@ -268,7 +272,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
         """Query, choose, retrieve, generate, store; returns (and writes) ``inference_report.json``."""
         seconds: dict[str, float] = {}
         start = time.perf_counter()
-        self._study, self._sources = None, []
+        self._study, self._sources, self._retrieved = None, [], {}
         views = [str(v) for v in self.composer.renderer.geometry.views]
         chosen, notes = choose_views(self.query(), views, self.requested)
         seconds["query"] = round(time.perf_counter() - start, 3)
@@ -299,7 +303,7 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
                     path.write_bytes(self.retrieve(ds))
                     case[view] = str(path)
                     self._sources.append(pydicom.dcmread(path, stop_before_pixels=True))
-                self._study = self._sources[0]
+                self._study, self._retrieved = self._sources[0], {}  # the inputs live on in the temporary folder only
                 seconds["retrieve"] = round(time.perf_counter() - t, 3)
                 t = time.perf_counter()
                 self.load_weights()
