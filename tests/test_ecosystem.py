@@ -266,7 +266,7 @@ def test_one_trained_stage_leaves_no_trainable_parameter_unused(stage):
 
 
 def test_torchrun_two_processes_gloo_train_one_epoch_in_sync(tmp_path):
-    """The documented CPU command: two ranks train one epoch; rank 0 writes the checkpoint, both end with its
+    """The documented CPU command: two ranks train one epoch; rank 0 writes the training state, both end with its
     weights. Each rank dumps its weights before the config's own finalize steps (test-only addition)."""
     torchrun = shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
@@ -282,12 +282,12 @@ def test_torchrun_two_processes_gloo_train_one_epoch_in_sync(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert len(json.loads((tmp_path / "data" / "datalist.json").read_text())["training"]) >= 1  # prepared once
-    checkpoint = torch.load(tmp_path / "models" / "stage_0" / "model.pt", map_location="cpu", weights_only=True)
-    steps = [s["step"] for s in checkpoint["optimizer"]["state"].values()]
+    state = torch.load(tmp_path / "models" / "stage_0" / "training_state.pt", map_location="cpu", weights_only=True)
+    steps = [s["step"] for s in state["optimizer"]["state"].values()]
     assert steps and all(float(s) == 1.0 for s in steps)  # one optimizer step per rank, none skipped
     ranks = [torch.load(tmp_path / "runs" / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in (0, 1)]
-    assert ranks[0].keys() == ranks[1].keys() == checkpoint["network"].keys()
-    for key, value in checkpoint["network"].items():
+    assert ranks[0].keys() == ranks[1].keys() == state["network"].keys()
+    for key, value in state["network"].items():
         torch.testing.assert_close(ranks[0][key], value, rtol=0, atol=0)
         torch.testing.assert_close(ranks[1][key], value, rtol=0, atol=0)
 

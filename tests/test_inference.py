@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -23,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scripts.checkpoint import read_model_config, save_checkpoint
 from scripts.data import CTOutputd, prepare_dataset
 from scripts.engines import CTInferer, orthogonal_slices, views_and_mask, volume_metrics, x2ct_metrics
+from scripts.engines.report import CSV_COLUMNS
 from scripts.physics import ct_scale_to_hu
 
 #: The small baselines of the evaluation test.
@@ -382,11 +384,35 @@ def test_evaluation_scores_model_baselines_and_best_constant(tmp_path, dataset, 
     for name, (preset, stages) in BASELINE_STAGES.items():
         saved = _save_untrained(baselines / f"{name}.pt", "train.yaml", f"stages/{preset}", stages=stages)
         assert read_model_config(saved)["network"] == "LiftedRegressor"
-    _run(tmp_path, dataset, checkpoint, files, baselines_dir=str(baselines), protocol_size=32, ssim_window=3)
+    _run(
+        tmp_path,
+        dataset,
+        checkpoint,
+        files,
+        baselines_dir=str(baselines),
+        protocol_size=32,
+        ssim_window=3,
+        num_samples=2,
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["cases"] == 3 and list(metrics["mean"]) == ["model", "best_constant", "lifted_prior", "unet_3d"]
-    for scores in metrics["mean"].values():
-        assert set(scores) == {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim"}
+    for method, scores in metrics["mean"].items():
+        assert set(scores) == {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim", "tissue"} | (
+            {"uncertainty"} if method == "model" else set()
+        )
+        assert set(scores["tissue"]) == {"lung", "fat", "soft_tissue", "bone"}
+    model = metrics["per_case"]["case_0000"]["model"]
+    assert len(model["uncertainty"]["calibration"]) == 10 and -1.0 <= model["uncertainty"]["std_error_r"] <= 1.0
+    # The constant's bias per tissue is its value minus the tissue's mean: negative in bone, positive in the lungs.
+    constant = metrics["per_case"]["case_0000"]["best_constant"]["tissue"]
+    assert constant["bone"]["bias_hu"] < 0 < constant["lung"]["bias_hu"]
+    # The same numbers as a CSV (a row per case and method), the summary plot and a figure per case.
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
+    assert len(rows) == 3 * 4 and tuple(rows[0]) == CSV_COLUMNS
+    row = next(r for r in rows if r["case"] == "case_0000" and r["method"] == "best_constant")
+    assert float(row["psnr"]) == pytest.approx(metrics["per_case"]["case_0000"]["best_constant"]["psnr"], rel=1e-5)
+    assert Image.open(tmp_path / "out" / "metrics_summary.png").size == (560, 520)  # PSNR and SSIM panels
+    assert Image.open(tmp_path / "out" / "case_0000" / "case_0000_evaluation.png").size == (480, 522)
     # The best constant is the target's mean: its PSNR is set by the target's standard deviation in the window.
     case = json.loads((dataset / "datalist.json").read_text())["test"][0]
     parser = _inference_parser(checkpoint)

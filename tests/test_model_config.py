@@ -56,6 +56,33 @@ def test_the_record_round_trips_and_rebuilds_the_network(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize(
+    "files, stages",
+    [
+        ((), SMALL_STAGES),
+        (
+            ("train.yaml", "stages/baseline_lifted_prior.yaml"),
+            [{"grid_size": 16, "decoder": "linear", "lift_channels": 4}],
+        ),
+    ],
+    ids=["cascade", "baseline"],
+)
+def test_a_state_dict_with_its_records_loads_with_torch_alone(tmp_path, files, stages):
+    parser = config_parser(*files, **{**TINY_CONFIG, "stages": stages})
+    network = parser.get_parsed_content("network_def")
+    record = parser.get_parsed_content("model_config")
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, network.state_dict(), model_config=record, config={"stage": 0})  # training's model.pt
+    content = torch.load(path, weights_only=True)
+    assert set(content) == set(network.state_dict()) | {"model_config", "config"}
+    assert read_model_config(path) == record and content["config"] == {"stage": 0}
+    rebuilt = build_network(record)
+    result = rebuilt.load_state_dict(content)  # strict: the network skips the two records
+    assert not result.missing_keys and not result.unexpected_keys and "model_config" in content  # content untouched
+    assert all(torch.equal(v, network.state_dict()[k]) for k, v in rebuilt.state_dict().items())
+    load_network_weights(build_network(record), path, record)  # the bundle's loader, records checked
+
+
 def test_shipped_0_2_0_checkpoint_records_are_converted():
     record = read_model_config(SHIPPED)
     assert record["preset"] == "tiny" and record["network"] == "XrayToCTCascade"

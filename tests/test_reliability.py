@@ -295,19 +295,18 @@ def test_training_checkpoint_saver_is_atomic_finite_only_and_records(tmp_path):
     engine = Engine(lambda e, b: None)
     saver.attach(engine)
     engine.run([0], max_epochs=1)
-    saved = load_checkpoint(tmp_path / "model.pt")
-    assert set(saved) == {"network", "model_config", "config"} and saved["config"] == {"stage": 0}
-    assert saved["model_config"] == _record() and torch.equal(saved["network"]["weight"], net.weight)
+    saved = load_checkpoint(tmp_path / "model.pt")  # one object: its state dict, the records beside it
+    assert set(saved) == {"weight", "bias", "model_config", "config"} and saved["config"] == {"stage": 0}
+    assert saved["model_config"] == _record() and torch.equal(saved["weight"], net.weight)
     # A non-finite model is refused: training stops with the error and the last good file stays.
     with torch.no_grad():
         net.bias.fill_(float("inf"))
     with pytest.raises(ValueError) as info:
         engine.run([0], max_epochs=1)
     assert str(info.value) == (
-        f"refusing to write checkpoint {tmp_path / 'model.pt'}: network.bias is not finite (NaN or Inf); "
-        "the file is kept."
+        f"refusing to write checkpoint {tmp_path / 'model.pt'}: bias is not finite (NaN or Inf); the file is kept."
     )
-    assert torch.equal(load_checkpoint(tmp_path / "model.pt")["network"]["bias"], saved["network"]["bias"])
+    assert torch.equal(load_checkpoint(tmp_path / "model.pt")["bias"], saved["bias"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 

@@ -1,75 +1,31 @@
-"""Inference through MONAI Label's ``BundleInferTask`` (the app's :class:`XrayToCTInferTask`), as the server runs it:
-``task(request)`` with ``{"image": path, ...}`` -> a result file and JSON. Run by run.sh in the MONAI Label
-environment.
+"""Inference through MONAI Label's ``BundleInferTask`` (the app's two models, ``monailabel_app/lib/infers.py``), as the
+server runs them: ``task(request)`` -> a result file and JSON. Run by run.sh in the MONAI Label environment.
 
-For each input (the phantom CT, whose PA + lateral views the bundle renders; the phantom's PA radiograph as a PNG),
-it asserts that the result is a 3D NIfTI on the last stage grid, in HU (finite, within [-1024, 3071]), float32 or
-int16, with a RAS affine of ``fov_mm / grid`` mm voxels, that the result JSON names the views used, and that the
-two inputs give different CTs (the network sees its input). For the CT
-it also runs the bundle's own pieces (``preprocessing`` -> ``inferer`` -> ``postprocessing`` with the same weights,
-as ``CTInferenceWorkflow`` does) and asserts that MONAI Label returns the same volume.
+* The CT model on the phantom CT (PA + lateral rendered by the bundle) and on its PA radiograph (PNG): a 3D int16
+  NIfTI in HU on the last stage grid, RAS, ``fov_mm / grid`` mm voxels; the result JSON names the views used; the two
+  inputs give different CTs (the network sees its input); for the CT, the same volume as the bundle's own
+  ``preprocessing`` -> ``inferer`` -> ``postprocessing`` with the same weights (within the 0.5 HU of rounding).
+* The CT model asked for a label format (``.nrrd``, ``uint8``, as 3D Slicer's module asks): still int16 HU, the same
+  values as the NIfTI, and the result JSON says why.
+* The tissue model: a uint8 label map equal to the tissue labels of the CT it writes beside it (the CT the app
+  stores in the datastore), which is the CT model's CT for the same request.
+* Requests the app refuses before any work: an extension that holds no 3D volume, a dtype that is no number type,
+  zero sampling steps.
 
-With ``--server URL`` it checks a running ``monailabel start_server`` instead, over HTTP: ``POST /infer/<model>``
-with a datastore image id (the phantom CT) and with an uploaded file (the PA radiograph), each returning the NIfTI
-(``output=image``) that gets the same assertions; then a PA + lateral pair given as server-side paths in the
-request's params (``output=json``: both views used).
-
-Usage: python infer.py BUNDLE STUDIES [--steps N] [--out results.json] [--server URL [--model NAME]]
+Usage: python infer.py BUNDLE STUDIES [--steps N] [--out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
-
-HERE = Path(__file__).resolve().parent
-HU_RANGE = (-1024.0, 3071.0)
-
-
-def load_app():
-    """The app's main.py, imported as MONAI Label does (a module loaded from its file)."""
-    spec = importlib.util.spec_from_file_location("xray2ct_monailabel_app", HERE / "app" / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def check_volume(path: str, grid: int, spacing_mm: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Load the result file and assert it is a 3D CT in HU on ``grid``³ voxels of ``spacing_mm`` (RAS)."""
-    image = nib.load(path)
-    data = np.asanyarray(image.dataobj)
-    assert data.ndim == 3, f"{path}: expected a 3D volume, got shape {data.shape}"
-    assert data.shape == (grid,) * 3, f"{path}: expected {(grid,) * 3}, got {data.shape}"
-    assert data.dtype in (np.float32, np.int16), f"{path}: expected float32 or int16 HU, got {data.dtype}"
-    assert np.isfinite(data).all(), f"{path}: non-finite values"
-    low, high = float(data.min()), float(data.max())
-    assert HU_RANGE[0] <= low and high <= HU_RANGE[1], f"{path}: values [{low}, {high}] are not HU in {HU_RANGE}"
-    assert high - low > 1.0, f"{path}: a constant volume ({low})"
-    affine = image.affine
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    assert np.allclose(spacing, spacing_mm, atol=1e-3), f"{path}: voxel size {spacing} mm, expected {spacing_mm}"
-    axcodes = "".join(nib.aff2axcodes(affine))
-    assert axcodes == "RAS", f"{path}: orientation {axcodes}, expected RAS"
-    stats = {
-        "file": path,
-        "shape": list(data.shape),
-        "dtype": str(data.dtype),
-        "hu_min": low,
-        "hu_max": high,
-        "hu_mean": float(data.mean()),
-        "spacing_mm": [round(float(s), 4) for s in spacing],
-        "orientation": axcodes,
-        "centre_mm": [round(float(c), 3) for c in affine[:3, :3] @ ((np.array(data.shape) - 1) / 2) + affine[:3, 3]],
-    }
-    return data.astype(np.float32), affine, stats
+from volumes import TISSUE_NAMES, check_ct, check_tissue, load_app
 
 
 def bundle_pipeline(bundle: Path, image: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,90 +51,14 @@ def bundle_pipeline(bundle: Path, image: str, steps: int) -> tuple[np.ndarray, n
     return pred[0].numpy(), np.asarray(pred.affine, dtype=np.float64)
 
 
-def check_server(url: str, model: str, studies: Path, steps: int, grid: int, spacing_mm: float, work: Path) -> dict:
-    """``POST /infer/<model>`` by datastore id (the CT) and by file upload (the PA PNG); check the returned NIfTI."""
-    import requests
-
-    info = requests.get(f"{url}/info/", timeout=60)
-    info.raise_for_status()
-    models = info.json().get("models", {})
-    assert model in models, f"server at {url} serves {sorted(models)}, not {model!r}"
-    params = {"params": json.dumps({"num_inference_steps": steps})}
-    report = {"models": sorted(models)}
-    for name, kwargs in [
-        ("server_ct_by_id", {"params": {"image": "phantom_ct", "output": "image"}, "data": params}),
-        (
-            "server_pa_png_upload",
-            {
-                "params": {"output": "image"},
-                "data": params,
-                "files": {"file": ("pa.png", (studies / "phantom_pa.png").read_bytes(), "image/png")},
-            },
-        ),
-    ]:
-        start = time.perf_counter()
-        response = requests.post(f"{url}/infer/{model}", timeout=600, **kwargs)
-        seconds = time.perf_counter() - start
-        assert response.status_code == 200, f"{name}: HTTP {response.status_code}: {response.text[:500]}"
-        path = work / f"{name}.nii.gz"
-        path.write_bytes(response.content)
-        _, _, stats = check_volume(str(path), grid, spacing_mm)
-        stats["seconds"] = round(seconds, 2)
-        report[name] = stats
-        print(
-            f"{name}: {stats['shape']} {stats['dtype']} HU [{stats['hu_min']:.0f}, {stats['hu_max']:.0f}] "
-            f"{stats['spacing_mm']} mm {stats['orientation']}: {seconds:.1f} s over HTTP",
-            flush=True,
-        )
-
-    # A radiograph pair: the views as server-side paths in the request's params (one request uploads one file).
-    pair = {
-        "pa": str((studies / "phantom_pa.png").resolve()),
-        "lateral": str((studies / "phantom_lateral.png").resolve()),
-    }
-    start = time.perf_counter()
-    response = requests.post(
-        f"{url}/infer/{model}",
-        params={"image": "phantom_pa", "output": "json"},
-        data={"params": json.dumps({"num_inference_steps": steps, **pair})},
-        timeout=600,
-    )
-    assert response.status_code == 200, f"server_pair_json: HTTP {response.status_code}: {response.text[:500]}"
-    result = response.json()
-    assert result.get("views_present") == [True, True], f"server_pair_json: views {result.get('views_present')}"
-    assert result.get("shape") == [grid] * 3 and result.get("spacing_mm") == [spacing_mm] * 3, result
-    report["server_pair_json"] = {**result, "seconds": round(time.perf_counter() - start, 2)}
-    print(f"server_pair_json: views {result['views_present']}, shape {result['shape']} (JSON only)", flush=True)
-    return report
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("studies", type=Path)
     parser.add_argument("--steps", type=int, default=2, help="num_inference_steps per stage (request option)")
     parser.add_argument("--out", type=Path, default=None, help="write the measurements here (JSON)")
-    parser.add_argument("--server", default=None, help="check a running MONAI Label server at this URL instead")
-    parser.add_argument("--model", default=None, help="the bundle's model name on the server (default: its folder)")
     args = parser.parse_args()
     bundle = args.bundle.resolve()
-    if args.server:
-        from monai.bundle import ConfigParser
-
-        if str(bundle) not in sys.path:
-            sys.path.insert(0, str(bundle))
-        config = ConfigParser()
-        config.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "inference.yaml")])
-        config["bundle_root"] = str(bundle)
-        grid = int(config.get_parsed_content("stages")[-1]["grid_size"])
-        spacing_mm = float(config.get_parsed_content("fov_mm")) / grid
-        work = (args.out.parent if args.out else Path.cwd()).resolve()
-        report = check_server(
-            args.server.rstrip("/"), args.model or bundle.name, args.studies, args.steps, grid, spacing_mm, work
-        )
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2))
-        return 0
 
     import monai
     import monailabel
@@ -194,33 +74,39 @@ def main() -> int:
     }
     start = time.perf_counter()
     app = load_app()
-    task = app.XrayToCTInferTask(str(bundle), conf={})
+    from lib.infers import TissueInferTask, XrayToCTInferTask
+    from lib.results import RequestRefused
+
+    task = XrayToCTInferTask(str(bundle), conf={})
     assert task.is_valid(), f"BundleInferTask refused {bundle} (see its warning above)"
+    tissue = TissueInferTask(str(bundle), conf={})
+    tissue._networks = task._networks
     report["task_init_s"] = round(time.perf_counter() - start, 2)
+    assert task.type == "others" and task.labels == {}, (task.type, task.labels)
+    assert tissue.type == "segmentation" and list(tissue.labels) == TISSUE_NAMES, (tissue.type, tissue.labels)
+    assert list(tissue.labels.values()) == list(range(1, len(TISSUE_NAMES) + 1)), tissue.labels
+    assert app.XrayToCTApp.__bases__[0].__name__ == "MONAILabelApp"
     stages = task.bundle_config.get_parsed_content("stages")
     grid = int(stages[-1]["grid_size"])
     spacing_mm = float(task.bundle_config.get_parsed_content("fov_mm")) / grid
-    report["expected"] = {"shape": [grid] * 3, "spacing_mm": spacing_mm, "hu_range": list(HU_RANGE)}
+    report["expected"] = {"shape": [grid] * 3, "spacing_mm": spacing_mm}
 
-    cases = [
-        ("ct", str(args.studies / "phantom_ct.nii.gz"), [True, True]),
-        ("pa_png", str(args.studies / "phantom_pa.png"), [True, False]),
-    ]
+    def run(name: str, infer_task, image: str, **params):
+        request = {"model": bundle.name, "image": image, "device": "cpu", "num_inference_steps": args.steps, **params}
+        begin = time.perf_counter()
+        file, result = infer_task(request)
+        return file, result, round(time.perf_counter() - begin, 2)
+
+    ct_image, pa_image = str(args.studies / "phantom_ct.nii.gz"), str(args.studies / "phantom_pa.png")
     results = {}
-    for name, image, views in cases:
-        request = {"model": bundle.name, "image": image, "device": "cpu", "num_inference_steps": args.steps}
-        start = time.perf_counter()
-        label, result = task(request)
-        seconds = time.perf_counter() - start
-        volume, affine, stats = check_volume(label, grid, spacing_mm)
+    for name, image, views in (("ct", ct_image, [True, True]), ("pa_png", pa_image, [True, False])):
+        file, result, seconds = run(name, task, image)
+        volume, affine, stats = check_ct(file, grid, spacing_mm)
         assert result.get("views_present") == views, f"{name}: views {result.get('views_present')}, expected {views}"
         assert result.get("shape") == [grid] * 3, f"{name}: result JSON shape {result.get('shape')}"
-        stats.update(
-            seconds=round(seconds, 2),
-            latencies=result.get("latencies", {}),
-            views_present=result["views_present"],
-            mean_std_hu=result.get("mean_std_hu"),
-        )
+        assert result.get("result_dtype") == "int16" and "result_dtype_note" not in result, result
+        stats.update(seconds=seconds, latencies=result.get("latencies", {}), views_present=views)
+        stats["mean_std_hu"] = result.get("mean_std_hu")
         results[name] = (volume, affine)
         report[name] = stats
         print(
@@ -234,15 +120,57 @@ def main() -> int:
     assert change > 1.0, f"the CT from two views and from the PA alone differ by {change} HU on average"
     report["ct_vs_pa_png_mean_abs_difference_hu"] = change
 
-    # The same CT through the bundle's own pieces: MONAI Label must return exactly what the bundle computes.
-    start = time.perf_counter()
-    reference, reference_affine = bundle_pipeline(bundle, cases[0][1], args.steps)
+    # Slicer's label format asked of the CT model: the same HU in int16, never wrapped into uint8.
+    for dtype in ("uint8", "uint16"):
+        file, result, seconds = run(f"ct_{dtype}", task, pa_image, result_extension=".nrrd", result_dtype=dtype)
+        assert file.endswith(".nrrd"), file
+        volume, affine, stats = check_ct(file, grid, spacing_mm)
+        assert result["result_dtype"] == "int16" and dtype in result["result_dtype_note"], result
+        assert np.array_equal(volume, results["pa_png"][0]), f"{dtype} request: not the same HU as the NIfTI"
+        assert np.allclose(affine, results["pa_png"][1], atol=1e-4), f"{dtype} request: affine {affine}"
+        report[f"ct_as_{dtype}_nrrd"] = {**stats, "seconds": seconds, "note": result["result_dtype_note"]}
+        print(f"CT asked as .nrrd {dtype}: {stats['dtype']} HU [{stats['hu_min']:.0f}, {stats['hu_max']:.0f}]")
+
+    # The tissue model: its label map is the tissue labels of the CT it stores, the CT model's CT.
+    file, result, seconds = run("tissue", tissue, ct_image, result_extension=".nrrd", result_dtype="uint8")
+    ct_file = result.get("synthetic_ct_file")
+    assert ct_file, f"tissue model: no synthetic_ct_file in {sorted(result)}"
+    ct, ct_affine, _ = check_ct(ct_file, grid, spacing_mm)
+    assert np.array_equal(ct, results["ct"][0]), "the tissue model's CT differs from the CT model's for the same input"
+    counts = check_tissue(file, ct, ct_affine)
+    assert result["label_names"] == dict(zip(TISSUE_NAMES, range(1, 5), strict=True)), result["label_names"]
+    assert [c["name"] for c in result["label_info"]] == TISSUE_NAMES and all(
+        len(c["color"]) == 3 for c in result["label_info"]
+    )
+    report["tissue"] = {"voxels": counts, "volume_ml": result["volume_ml"], "seconds": seconds}
+    print(f"tissue label map: {counts} voxels, {result['volume_ml']} mL: {seconds:.1f} s", flush=True)
+
+    # Refused before any work, each with a message naming the key.
+    for params, key in (
+        ({"result_extension": ".png"}, "result_extension"),
+        ({"result_dtype": "bool"}, "result_dtype"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+    ):
+        begin = time.perf_counter()
+        try:
+            run("refused", task, pa_image, **params)
+        except RequestRefused as error:
+            assert key in str(error), f"{params}: message {error!r} does not name {key}"
+            assert time.perf_counter() - begin < 1.0, f"{params}: refused only after {time.perf_counter() - begin} s"
+            report.setdefault("refused", {})[key] = str(error)
+            print(f"refused {params}: {error}")
+        else:
+            raise AssertionError(f"{params} was not refused")
+
+    # The same CT through the bundle's own pieces: MONAI Label must return what the bundle computes (whole HU).
+    begin = time.perf_counter()
+    reference, reference_affine = bundle_pipeline(bundle, ct_image, args.steps)
     volume, affine = results["ct"]
     difference = float(np.abs(volume - reference).max())
     assert np.allclose(affine, reference_affine, atol=1e-4), f"affine {affine} != bundle's {reference_affine}"
-    assert difference <= 0.5, f"MONAI Label's CT differs from the bundle pipeline's by up to {difference} HU"
-    report["bundle_pipeline"] = {"max_abs_difference_hu": difference, "seconds": round(time.perf_counter() - start, 2)}
-    print(f"bundle pipeline vs MONAI Label (ct): max |difference| {difference:.3g} HU", flush=True)
+    assert difference <= 0.5 + 1e-3, f"MONAI Label's CT differs from the bundle pipeline's by up to {difference} HU"
+    report["bundle_pipeline"] = {"max_abs_difference_hu": difference, "seconds": round(time.perf_counter() - begin, 2)}
+    print(f"bundle pipeline vs MONAI Label (ct): max |difference| {difference:.3g} HU (int16 rounding)", flush=True)
 
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# MONAI Label check of the bundle: one inference through MONAI Label's BundleInferTask (the app in app/main.py), as
-# `monailabel start_server` runs it, on X-rays rendered from a synthetic chest phantom.
+# MONAI Label check of the bundle and its app (monailabel_app/): inference through MONAI Label's BundleInferTask, as
+# `monailabel start_server --app monailabel_app` runs it, on X-rays rendered from a synthetic chest phantom.
 #
 #   tests/monailabel/run.sh [--server] [--keep]
 #
 # 1. A virtual environment with MONAI Label (its own: MONAI Label needs numpy<2 and pydicom<3, the bundle's
 #    environment has numpy 2 and pydicom 3), created once under $MONAILABEL_VENV and reused.
-# 2. A copy of bundle/ (configs, scripts, models/model.pt when shipped) in a work folder. Without a shipped
-#    model.pt, untrained weights of the configured preset are saved into the copy (bundle/ is never written).
+# 2. A copy of bundle/ (configs, scripts, models/model.pt when shipped) and of monailabel_app/ side by side in a work
+#    folder, as in the repository. Without a shipped model.pt, untrained weights of the configured preset are saved
+#    into the copy (bundle/ is never written).
 # 3. Inputs, made with the bundle's own environment ($BUNDLE_PYTHON): a phantom CT (NIfTI) and its PA/lateral views
 #    rendered with the training geometry (PNG).
-# 4. infer.py in the MONAI Label environment: task(request) for the CT (both views rendered by the bundle) and for
-#    the PA PNG (one view); asserts a 3D NIfTI on the last stage grid, in HU, RAS, fov_mm/grid mm voxels, and that
-#    MONAI Label returns the same CT as the bundle's own preprocessing -> inferer -> postprocessing.
-# --server also starts `monailabel start_server` on 127.0.0.1 and checks POST /infer over HTTP (by datastore id and
-# by file upload). --keep keeps the work folder.
+# 4. infer.py in the MONAI Label environment: the app's CT model and tissue model called in-process (task(request))
+#    for the CT and the PA PNG: int16 HU on the last stage grid, RAS, fov_mm/grid mm voxels, the same CT as the
+#    bundle's own preprocessing -> inferer -> postprocessing; the CT asked for as .nrrd uint8/uint16 (a label client's
+#    format) still int16 HU; the tissue label map equal to the labels of the CT it stores; bad requests refused.
+# --server also starts `monailabel start_server --app <copy of monailabel_app> --studies <phantoms>` on 127.0.0.1 with
+# the app's defaults (no --conf: it serves ../bundle as xray2ct and xray2ct_tissue) and runs server.py: REST requests
+# (by datastore id, by upload, a pair by path, label formats, a refused one), the requests 3D Slicer's MONAI Label
+# module sends (Run, Next Sample, the automatic Run), and MONAI Label's Python client. --keep keeps the work folder.
 #
 # Environment: MONAILABEL_VENV (default ~/.cache/xray2ct-monailabel-venv), BUNDLE_PYTHON (default python),
 # MONAILABEL_BASE_PYTHON (python that creates the venv, default python3), MONAILABEL_STEPS (num_inference_steps
@@ -33,7 +37,7 @@ for arg in "$@"; do
     case "$arg" in
         --server) SERVER=1 ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,7 +62,7 @@ venv_pip() {
     local out
     out="$(mktemp)"
     if ! "$VENV/bin/python" -m pip "$@" >"$out" 2>&1; then
-        grep -v "is ignored: it is neither a file nor a directory" "$out" | tail -40 >&2
+        grep -v "is ignored: it is neither a file nor a directory" "$out" | tail -n 40 >&2
         rm -f "$out"
         return 1
     fi
@@ -113,16 +117,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-BUNDLE="$WORK/xray2ct"  # the folder's name is the model's name in MONAI Label
-rm -rf "$BUNDLE" "$WORK/studies"
+BUNDLE="$WORK/bundle"  # beside the app copy: the app's default --conf models is ../bundle, served as xray2ct
+APP="$WORK/monailabel_app"  # start_server creates model/, logs/, bin/ in the app folder: a copy keeps the tree clean
+rm -rf "$BUNDLE" "$APP" "$WORK/studies"
 mkdir -p "$BUNDLE/models"
 cp -R "$ROOT/bundle/configs" "$ROOT/bundle/scripts" "$ROOT/bundle/LICENSE" "$BUNDLE/"
-find "$BUNDLE" -name __pycache__ -prune -exec rm -rf {} +
+cp -R "$ROOT/monailabel_app" "$APP"
+rm -rf "$APP/model" "$APP/logs" "$APP/bin"
+find "$BUNDLE" "$APP" -name __pycache__ -prune -exec rm -rf {} +
 if [[ -f "$ROOT/bundle/models/model.pt" ]]; then
     cp "$ROOT/bundle/models/model.pt" "$BUNDLE/models/model.pt"
-    log "bundle copied to $BUNDLE with the shipped models/model.pt"
+    log "bundle and app copied to $WORK with the shipped models/model.pt"
 else
-    log "bundle copied to $BUNDLE; no shipped models/model.pt: untrained weights will be made for the copy"
+    log "bundle and app copied to $WORK; no shipped models/model.pt: untrained weights will be made for the copy"
 fi
 
 # ---- 3. inputs (and weights when none are shipped), with the bundle's own environment ----------------------------
@@ -135,7 +142,7 @@ log "inputs ready in ${prepare_s} s"
 start="$(now)"
 (cd "$WORK" && "$VENV/bin/python" "$HERE/infer.py" "$BUNDLE" "$WORK/studies" --steps "$STEPS" --out "$WORK/report.json") \
     >"$WORK/infer.out" 2>"$WORK/infer.log" \
-    || { cat "$WORK/infer.out"; tail -60 "$WORK/infer.log" >&2; log "FAILED (log: $WORK/infer.log)"; KEEP=1; exit 1; }
+    || { cat "$WORK/infer.out"; tail -n 60 "$WORK/infer.log" >&2; log "FAILED (log: $WORK/infer.log)"; KEEP=1; exit 1; }
 sed 's/^/[monailabel-check] /' "$WORK/infer.out"
 infer_s="$(elapsed "$start")"
 
@@ -143,11 +150,10 @@ server_s=""
 if [[ "$SERVER" == 1 ]]; then
     start="$(now)"
     PORT="${MONAILABEL_PORT:-$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
-    cp -R "$HERE/app" "$WORK/app"  # start_server creates model/, lib/, logs/, bin/ in the app folder
-    log "starting monailabel start_server on 127.0.0.1:$PORT"
+    log "starting monailabel start_server --app $APP on 127.0.0.1:$PORT"
     # What the `monailabel` launcher runs (it calls whichever `python` is first on PATH, so: the venv's explicitly).
-    (cd "$WORK" && exec "$VENV/bin/python" -m monailabel.main start_server --app "$WORK/app" --studies "$WORK/studies" \
-        --conf models "$BUNDLE" --host 127.0.0.1 --port "$PORT") >"$WORK/server.log" 2>&1 &
+    (cd "$WORK" && exec "$VENV/bin/python" -m monailabel.main start_server --app "$APP" --studies "$WORK/studies" \
+        --host 127.0.0.1 --port "$PORT") >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     up=0
     for _ in $(seq 1 180); do
@@ -155,11 +161,11 @@ if [[ "$SERVER" == 1 ]]; then
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
         sleep 1
     done
-    if [[ "$up" != 1 ]]; then tail -40 "$WORK/server.log" >&2; log "FAILED: the server did not come up"; KEEP=1; exit 1; fi
+    if [[ "$up" != 1 ]]; then tail -n 40 "$WORK/server.log" >&2; log "FAILED: the server did not come up"; KEEP=1; exit 1; fi
     log "server up after $(elapsed "$start") s"
-    (cd "$WORK" && "$VENV/bin/python" "$HERE/infer.py" "$BUNDLE" "$WORK/studies" --steps "$STEPS" \
-        --server "http://127.0.0.1:$PORT" --out "$WORK/server_report.json") >"$WORK/server_check.out" 2>&1 \
-        || { tail -40 "$WORK/server_check.out" "$WORK/server.log" >&2; log "FAILED over HTTP"; KEEP=1; exit 1; }
+    (cd "$WORK" && "$VENV/bin/python" "$HERE/server.py" "http://127.0.0.1:$PORT" "$BUNDLE" "$WORK/studies" \
+        --steps "$STEPS" --out "$WORK/server_report.json") >"$WORK/server_check.out" 2>&1 \
+        || { tail -n 40 "$WORK/server_check.out" "$WORK/server.log" >&2; log "FAILED over HTTP"; KEEP=1; exit 1; }
     sed 's/^/[monailabel-check] /' "$WORK/server_check.out"
     server_s="$(elapsed "$start")"
 fi

@@ -2,7 +2,8 @@
 weights mean, loading weights into networks, and the training handlers that write them.
 
 * :mod:`.files` — :func:`load_checkpoint` (``torch.load(weights_only=True)``), :func:`save_checkpoint` (temp file,
-  fsync, rename; never NaN or Inf).
+  fsync, rename; never NaN or Inf); the two kinds of files: weights (``model.pt``: a state dict with its records
+  beside it) and the training state (``training_state.pt``).
 * :mod:`.model_config` — :func:`model_config` (the record saved with the weights), :func:`read_model_config`
   (0.2.0 records converted), :func:`check_model_config` (a contradicting setting refused by name).
 * :mod:`.weights` — :func:`load_network_weights`, :func:`load_earlier_stages`, :func:`build_network`.

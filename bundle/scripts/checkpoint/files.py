@@ -8,6 +8,22 @@ of one; and a checkpoint whose tensors hold NaN or Inf is never written.
 
 A checkpoint records its ``model_config`` (what the weights mean: :mod:`.model_config`) and the ``config`` of the
 run that produced it (provenance: stage, epochs, seed, loss weights, the recipe).
+
+Two kinds of files, by what they are for:
+
+* **Weights** (``model.pt``, ``model_best.pt``): the network's state dict at the top level, as in every MONAI
+  model-zoo bundle, plus the two small records (~1.5 KB) — no optimizer, no second copy of the network. The records
+  stay inside the file rather than in a sidecar JSON because a weights file travels alone (copied to
+  ``models/model.pt`` for inference or MONAI Label, or to ``models/baselines/`` next to another model) and must keep
+  its meaning; a sidecar is lost or mismatched the first time one file is copied without the other. The bundle's
+  networks drop the records in a ``load_state_dict`` pre-hook (:func:`scripts.networks.skip_checkpoint_records`),
+  so ``network.load_state_dict(torch.load(path, weights_only=True))`` loads such a file strictly.
+* **Training state** (``training_state.pt``, one per stage, replaced atomically): network, EMA, optimizer moments,
+  LR schedule, data order, random streams and the records — everything ``--resume true`` needs
+  (:class:`~scripts.checkpoint.TrainingStateHandler`).
+
+Files of the 0.2.0 layout (``{"model": state_dict, "preset", "config"}``, e.g. the shipped ``models/model.pt``) and
+of the first 0.3 layout (``{"network", "ema", "optimizer", "model_config", "config"}``) still load.
 """
 
 from __future__ import annotations
@@ -15,12 +31,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..networks.interface import CHECKPOINT_RECORDS
 from ..utils import atomic_write
 
 __all__ = ["first_nonfinite", "load_checkpoint", "plain", "save_checkpoint", "write_json"]
@@ -62,21 +80,26 @@ def save_checkpoint(
 
     Args:
         path: the checkpoint file; an existing one is replaced only once the new one is complete on disk.
-        content: state dicts and plain values (tensors, containers, numbers, strings).
-        model_config: what the weights mean (:func:`scripts.checkpoint.model_config`).
-        config: the settings of the run that produced the checkpoint (made JSON-plain).
+        content: a state dict (a weights file: the records land beside its tensors, its ``_metadata`` kept), or
+            state dicts and plain values by name (tensors, containers, numbers, strings).
+        model_config: what the weights mean (:func:`scripts.checkpoint.model_config`); left out when ``None``.
+        config: the settings of the run that produced the checkpoint (made JSON-plain); left out when ``None``.
 
     Raises:
-        ValueError: a tensor of ``content`` is not finite (the file is left as it was).
+        ValueError: a tensor of ``content`` is not finite (the file is left as it was), or ``content`` already has
+            an entry named like a record.
     """
     bad = first_nonfinite(content)
     if bad is not None:
         raise ValueError(f"refusing to write checkpoint {path}: {bad} is not finite (NaN or Inf); the file is kept.")
-    payload = {
-        **content,
-        "model_config": None if model_config is None else plain(model_config),
-        "config": None if config is None else plain(config),
-    }
+    records = {k: plain(v) for k, v in zip(CHECKPOINT_RECORDS, (model_config, config), strict=True) if v is not None}
+    clash = sorted(set(records) & set(content))
+    if clash:
+        raise ValueError(f"checkpoint {path}: content has entries {clash}, the names of its records.")
+    payload = OrderedDict(content)
+    if hasattr(content, "_metadata"):  # a state dict's per-module versions, read by load_state_dict
+        payload._metadata = content._metadata  # type: ignore[attr-defined]
+    payload.update(records)
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp), overwrite=True)
 
 

@@ -1,8 +1,9 @@
 """Training checkpoints: atomic, finite-only, with their model config; the full training state for resuming.
 
-* :class:`AtomicCheckpointSaver` — MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``) writing atomically.
-* :class:`TrainingStateHandler` — every ``checkpoint_interval`` iterations, everything a run needs to continue
-  bit-identically (``training_state.pt``); ``--resume true`` continues from it.
+* :class:`AtomicCheckpointSaver` — MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``: the EMA weights and
+  their records, nothing else) writing atomically.
+* :class:`TrainingStateHandler` — every ``checkpoint_interval`` iterations and at the end, everything a run needs to
+  continue bit-identically (``training_state.pt``, one file per stage); ``--resume true`` continues from it.
 * :class:`ResumableRandomSampler` — the training order, resumable in the middle of an epoch.
 """
 
@@ -43,36 +44,29 @@ def is_main_process() -> bool:
     return idist.get_rank() == 0
 
 
-class _Record:
-    """A fixed value with the ``state_dict`` interface, so that ignite's ``Checkpoint`` saves it as one more entry."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def state_dict(self) -> Any:
-        return self.value
-
-    def load_state_dict(self, state: Any) -> None:  # a record is written, never restored
-        pass
-
-
 class _AtomicDiskSaver(BaseSaveHandler):
-    """Writes through :func:`scripts.checkpoint.save_checkpoint`: temporary file, fsync, rename; never NaN or Inf.
+    """Writes through :func:`scripts.checkpoint.save_checkpoint`: temporary file, fsync, rename; never NaN or Inf;
+    the records beside what ignite hands over (one object's bare state dict, or several state dicts by name).
 
     ``filename`` fixes the name (MONAI's ``final_filename`` / ``key_metric_filename``). ignite removes the file a new
     checkpoint replaces *before* writing it; with a fixed name that removal is skipped, so the old file stays until
     the new one has replaced it.
     """
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+    def __init__(
+        self,
+        dirname: str | os.PathLike,
+        filename: str | None = None,
+        model_config: Mapping | None = None,
+        config: Mapping | None = None,
+    ) -> None:
         self.dirname, self.filename = Path(dirname), filename
+        self.model_config, self.config = model_config, config
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if not is_main_process():
             return
-        content = dict(checkpoint)
-        model_config, config = content.pop("model_config", None), content.pop("config", None)
-        save_checkpoint(self.dirname / (self.filename or filename), content, model_config, config)
+        save_checkpoint(self.dirname / (self.filename or filename), checkpoint, self.model_config, self.config)
 
     def remove(self, filename: str) -> None:
         if self.filename is None and is_main_process():
@@ -88,9 +82,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
       SIGKILL) leaves the previous checkpoint or the new one (MONAI's own saver writes in place, after deleting the
       file it replaces);
     * a checkpoint whose tensors hold NaN or Inf is refused with a ``ValueError`` (the previous file is kept);
-    * each checkpoint carries ``model_config`` (:func:`scripts.checkpoint.model_config`) and ``config`` entries next
-      to the state dicts, so a single-object ``save_dict`` is written as ``{name: state_dict, "model_config",
-      "config"}``;
+    * each checkpoint carries ``model_config`` (:func:`scripts.checkpoint.model_config`) and ``config`` entries
+      beside what ignite saves: a single-object ``save_dict`` (train.yaml's ``{model: ema}``) is written as that
+      object's state dict with the two records at its top level — a model-zoo ``model.pt`` that still says what its
+      weights mean (why in :mod:`scripts.checkpoint.files`); several objects as ``{name: state_dict, ...,
+      "model_config", "config"}``;
     * only rank 0 writes under ``torch.distributed``;
     * :meth:`state_dict` returns the best-metric history (the pair of MONAI's :meth:`load_state_dict`), so that a
       resumed training does not overwrite a better ``model_best.pt``.
@@ -105,13 +101,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
         self, *args: Any, model_config: Mapping | None = None, config: Mapping | None = None, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.save_dict = {**self.save_dict, "model_config": _Record(model_config), "config": _Record(config)}
         fixed = {"_final_checkpoint": self._final_filename, "_key_metric_checkpoint": kwargs.get("key_metric_filename")}
         for attr in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
             checkpoint = getattr(self, attr)
             if checkpoint is not None:
-                checkpoint.to_save = self.save_dict
-                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, fixed.get(attr))
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, fixed.get(attr), model_config, config)
 
     def state_dict(self) -> dict:
         """The best-metric history (empty without ``save_key_metric``)."""
@@ -217,9 +211,10 @@ def set_rng_state(state: Mapping, transform: Any = None) -> None:
 
 
 class TrainingStateHandler:
-    """Write the whole training state every ``interval`` iterations, and resume from it.
+    """Write the whole training state every ``interval`` iterations and when training completes, and resume from it.
 
-    The file (``stage_dir/training_state.pt``; one, replaced atomically) holds the trainer's iteration, epoch length
+    The file (``stage_dir/training_state.pt``; one per stage, each write replacing it atomically, so the disk holds one
+    state, never one per epoch) holds the trainer's iteration, epoch length
     and counters, every object of ``objects`` (network, EMA model, optimizer, LR scheduler, sampler, best-metric
     saver), the random streams (:func:`rng_state`, including the training transform's and the DataLoader
     generator), and the model and run configs. It is written after the iteration's other handlers (EMA update, LR
@@ -230,13 +225,18 @@ class TrainingStateHandler:
     epochs match. Under DDP every rank's random streams are gathered and restored (only rank 0 writes, every rank
     reads); ``DistributedSampler`` keeps no position, so an epoch resumed mid-way restarts from its first batches.
 
+    The write at the end makes the last state the final one, so that ``--resume true --max_epochs N`` continues a
+    finished run. This file, not ``model.pt``, is where the raw (non-EMA) weights and the optimizer's moments live:
+    with the EMA copy and AdamW's two moments per trainable weight it is 2 to 4 times the network (tiny preset:
+    2.7x for stage 0, whose encoder and stage train; 3.3x for stage 1, the largest stage).
+
     Attach it first among the trainer's handlers, so that the other ``STARTED`` handlers (e.g. validation at
     start) see the restored state.
 
     Args:
         path: the state file.
         objects: name -> object with ``state_dict()`` / ``load_state_dict()``.
-        interval: iterations between writes; 0 turns writing off.
+        interval: iterations between writes (and one at the end); 0 turns writing off.
         resume: continue from ``path`` (it must exist).
         transform: the training transform, whose random transforms' streams are saved.
         model_config: this run's model config (checked on resume) and ``config``: recorded in the file.
@@ -266,6 +266,7 @@ class TrainingStateHandler:
         self.path, self.objects, self.interval, self.resume = Path(path), objects, interval, resume
         self.transform, self.model_config, self.config = transform, model_config, config
         self._epoch_generator: torch.Tensor | None = None
+        self._saved_at: int | None = None  # the iteration of the last write
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
@@ -287,6 +288,12 @@ class TrainingStateHandler:
         if self.interval and not engine.has_event_handler(self.save):
             # Registered now, after the handlers attached at initialisation (EMA), so it saves after them.
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
+            engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def completed(self, engine: Engine) -> None:
+        """The final state, unless the last iteration has just written it."""
+        if self._saved_at != engine.state.iteration:
+            self.save(engine)
 
     def save(self, engine: Engine) -> None:
         streams = rng_state(self.transform)
@@ -301,6 +308,7 @@ class TrainingStateHandler:
         if idist.get_world_size() > 1:
             ranks = [None] * idist.get_world_size()
             torch.distributed.all_gather_object(ranks, streams)
+        self._saved_at = engine.state.iteration
         if not is_main_process():
             return
         content = {"trainer": engine.state_dict()}

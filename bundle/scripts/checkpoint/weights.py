@@ -11,15 +11,16 @@ import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from ..networks import LiftedRegressor, XrayToCTCascade, unwrap
+from ..networks import CHECKPOINT_RECORDS, LiftedRegressor, XrayToCTCascade, unwrap
 from ..physics import ProjectionGeometry
 from .files import load_checkpoint
 from .model_config import check_model_config, read_model_config
 
 __all__ = ["build_network", "load_earlier_stages", "load_network_weights", "stage_checkpoint"]
 
-#: The model weights of a checkpoint, the first key present: the shipped/exported model, the EMA weights (validated
-#: and kept), the raw training weights.
+#: The model weights of a checkpoint of an earlier layout, the first key present: the shipped 0.2.0 model, the EMA
+#: weights (validated and kept), the raw training weights. A checkpoint with none of them is itself the state dict
+#: (a training run's ``model.pt``: the EMA weights, with the records beside them).
 WEIGHT_KEYS = ("model", "ema", "network")
 
 
@@ -30,7 +31,7 @@ def stage_checkpoint(ckpt_dir: str | os.PathLike, stage: int) -> Path:
 
 def _state(checkpoint: Mapping, path, keys: Sequence[str]) -> Mapping:
     key = next((k for k in keys if k in checkpoint), None)
-    state = checkpoint[key] if key is not None else checkpoint
+    state = checkpoint[key] if key is not None else {k: v for k, v in checkpoint.items() if k not in CHECKPOINT_RECORDS}
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path} has no state dict under {list(keys)} and is not one itself.")
     return state
@@ -65,7 +66,8 @@ def load_network_weights(
         path: the checkpoint (read ``weights_only``).
         model_config: this run's :func:`~scripts.checkpoint.model_config`; ``None`` skips the check (the weights'
             names and shapes are still checked).
-        keys: the state dict to take, the first one present; a checkpoint that is a bare state dict is taken whole.
+        keys: the state dict to take, the first one present; a checkpoint that is a state dict (``model.pt``) is
+            taken whole, its records left out.
 
     Returns:
         the checkpoint dictionary.

@@ -2,6 +2,9 @@
 
 from .anatomy import PATHOLOGIES, PHANTOM_LABELS, ChestPhantom, chest_phantom, label_names, synthetic_chest_ct
 from .cases import INPUT_KEYS, CTOutputd, XrayInputsd, load_cases
+from .dicom_output import STUDY_LINK_KEYWORDS, SYNTHETIC_SERIES_DESCRIPTION, bundle_version
+from .dicom_radiograph import header_view
+from .dicomweb import DicomWebClient, DicomWebError, StoreResult, check_uid
 from .io import CT_SUFFIXES, LoadCTd, find_ct_sources, load_ct, split_series_source, write_ct_dicom_series, write_nifti
 from .prepare import ensure_dataset, prepare_dataset, split_cases
 from .radiograph import (
@@ -47,13 +50,21 @@ __all__ = [
     "NetworkRadiograph",
     "Radiograph",
     "RadiographRealism",
+    "DicomWebClient",
+    "DicomWebError",
+    "StoreResult",
+    "check_uid",
+    "header_view",
     "RemoveCouchd",
+    "STUDY_LINK_KEYWORDS",
+    "SYNTHETIC_SERIES_DESCRIPTION",
     "RenderXrayd",
     "StageResized",
     "ValidateCTd",
     "LoadRadiographsd",
     "add_ct_warning",
     "body_mask",
+    "bundle_version",
     "find_ct_sources",
     "is_radiograph_file",
     "load_ct",

@@ -61,9 +61,23 @@ import pydicom
 from PIL import Image, ImageDraw
 from pydicom import uid as dicom_uid
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
-__all__ = ["RADIOGRAPH_MODALITIES", "DicomImage", "grey_from_rgb", "radiograph_kind", "read_dicom", "unexposed_masks"]
+try:  # pydicom 3 (the bundle's pin)
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+except ImportError:  # pydicom 2.4 (MONAI Label's environment, pinned there by pydicom-seg): the same LUT functions
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi, apply_windowing
+
+    get_decoder = None  # pydicom 2 names a missing decoder itself when the pixels are read
+
+__all__ = [
+    "RADIOGRAPH_MODALITIES",
+    "DicomImage",
+    "grey_from_rgb",
+    "header_view",
+    "radiograph_kind",
+    "read_dicom",
+    "unexposed_masks",
+]
 
 #: DICOM modalities accepted as projection radiographs.
 RADIOGRAPH_MODALITIES = ("DX", "CR", "DR", "RG")
@@ -99,6 +113,35 @@ def radiograph_kind(ds: pydicom.Dataset) -> str | None:
     if str(ds.get("SOPClassUID", "")) in _SECONDARY_CAPTURE and modality in ("", "OT", "SC"):
         return "SC"
     return None
+
+
+def _orientation_letters(ds: pydicom.Dataset) -> tuple[list[str], list[str]]:
+    """``PatientOrientation`` as upper-case values and their first letters."""
+    raw = ds.get("PatientOrientation")
+    values = [str(v).upper() for v in (raw if isinstance(raw, MultiValue) else [raw] if raw else [])]
+    return values, [v[:1] for v in values]
+
+
+def _view_of_letters(letters: list[str]) -> str | None:
+    """PA/AP rows run across the patient (L/R), a lateral's front to back (A/P)."""
+    if len(letters) != 2:
+        return None
+    return "pa" if {"L", "R"} & set(letters) else "lateral" if {"A", "P"} & set(letters) else None
+
+
+def header_view(ds: pydicom.Dataset) -> str | None:
+    """The view a radiograph's header names: ``"pa"`` (a PA or AP chest film), ``"lateral"``, or None.
+
+    ``ViewPosition`` decides (PA, AP; LL, RL, LATERAL, ...); without one, ``PatientOrientation``: a row direction across
+    the patient (L/R) is a frontal view, front to back (A/P) a lateral. It works on a full header or on a query's
+    answer (QIDO-RS with those attributes included).
+    """
+    position = str(ds.get("ViewPosition", "") or "").upper().strip()
+    if position in _PA_POSITIONS:
+        return "pa"
+    if position in _LATERAL_POSITIONS:
+        return "lateral"
+    return _view_of_letters(_orientation_letters(ds)[1])
 
 
 def grey_from_rgb(rgb: np.ndarray, max_value: float, name: str, what: str) -> tuple[np.ndarray, str]:
@@ -178,7 +221,7 @@ def unexposed_masks(
 def _decode(ds: pydicom.Dataset, name: str) -> np.ndarray:
     """The stored pixel values, with a message naming the plugins when the transfer syntax has no decoder."""
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if tsyntax is not None and tsyntax.is_compressed:
+    if tsyntax is not None and tsyntax.is_compressed and get_decoder is not None:
         try:
             available = get_decoder(tsyntax).is_available
         except NotImplementedError:
@@ -404,11 +447,9 @@ def _view(ds: pydicom.Dataset, view: str | None, name: str, image: DicomImage) -
 
 def _orient(ds: pydicom.Dataset, view: str | None, image: DicomImage) -> bool:
     """Flip/transpose ``image`` to the training convention from ``PatientOrientation``; True if transposed."""
-    raw = ds.get("PatientOrientation")
-    values = [str(v).upper() for v in (raw if isinstance(raw, MultiValue) else [raw] if raw else [])]
-    letters = [v[:1] for v in values]
-    if view is None and len(letters) == 2:
-        view = "pa" if {"L", "R"} & set(letters) else "lateral" if {"A", "P"} & set(letters) else None
+    values, letters = _orientation_letters(ds)
+    if view is None:
+        view = _view_of_letters(letters)
     if view is None:
         image.notes.append("orientation not checked: the view is unknown")
         return False

@@ -1,4 +1,4 @@
-"""CT files: discovery of volumes and DICOM series, validated loading, NIfTI and DICOM series writing.
+"""CT files: discovery of volumes and DICOM series, validated loading, NIfTI writing.
 
 DICOM series handling (which series, slice geometry, gantry tilt) lives in :mod:`.dicom_series`. Reading goes
 through MONAI's ``LoadImage`` (NIfTI via nibabel; NRRD, MHA/MHD and DICOM series folders via ITK):
@@ -26,13 +26,12 @@ CTs as hospitals store them — what is accepted, and what ends with one line na
 * **4D data** (a 4D NIfTI/NRRD/MHA, a DICOM series with several TemporalPositionIndex values or several slices
   at each position, an enhanced multi-frame CT) is refused: one 3D volume is expected (export one phase).
 
-Written files carry no identifiers from the inputs: NIfTI has no patient fields, and generated DICOM gets fresh UIDs
-and an anonymous patient.
+Written NIfTI files carry no identifiers (NIfTI has no patient fields); the generated CT as a DICOM series is written
+by :func:`.dicom_output.write_ct_dicom_series` (re-exported here).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import inspect
 import logging
@@ -46,15 +45,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-import torch
 from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor
 from monai.transforms import LoadImage, LoadImaged, Orientation
 from monai.utils import optional_import
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..utils import atomic_write
+from .dicom_output import write_ct_dicom_series
 from .dicom_series import (
     _check_series_geometry,
     _choose_series,
@@ -277,65 +274,3 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray, overwrite: b
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
     atomic_write(path, lambda p: nib.save(image, p), overwrite)
-
-
-def write_ct_dicom_series(
-    folder: str | os.PathLike,
-    hu: np.ndarray | torch.Tensor,
-    affine: np.ndarray,
-    series_description: str = "Synthetic CT",
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write an axial-ish ``(X, Y, Z)`` RAS HU volume as a DICOM CT series (one file per z slice).
-
-    The affine must be diagonal-direction RAS (after ``Orientation(RAS)``). Slices are stored in LPS patient
-    coordinates with ImageOrientationPatient ``[1,0,0, 0,1,0]``: columns run to the patient's left, rows to
-    posterior. Fresh UIDs, an anonymous patient, no fields copied from any input. Each slice is written
-    atomically; the series as a whole is not (an interrupted write leaves fewer slices, which ``load_ct`` refuses
-    as unevenly spaced). Existing ``*.dcm`` files in ``folder`` are refused, or removed first with ``overwrite``.
-    """
-    folder = Path(folder)
-    volume = np.asarray(hu, dtype=np.float32)
-    affine = np.asarray(affine, dtype=np.float64)
-    if volume.ndim != 3:
-        raise ValueError(f"hu must be a 3D (X, Y, Z) volume, got shape {volume.shape}.")
-    if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))) or np.any(np.diag(affine)[:3] <= 0):
-        raise ValueError("affine must be a RAS affine with positive diagonal spacing (apply Orientation(RAS) first).")
-    existing = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
-    if existing and not overwrite:
-        raise FileExistsError(f"{folder} already holds DICOM files; refusing to overwrite (pass overwrite=True).")
-    for path in existing:  # a shorter new series must not leave old slices behind
-        path.unlink()
-    sx, sy, sz = np.diag(affine)[:3]
-    nx, ny, nz = volume.shape
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    now = dt.datetime.now()
-    written = []
-    for k in range(nz):
-        # Pixel (r, c) = voxel (X-1-c, Y-1-r, k): rows toward posterior, columns toward the patient's left.
-        pixels = np.round(volume[::-1, ::-1, k].T).clip(-32768, 32767).astype(np.int16)
-        corner = affine @ np.array([nx - 1, ny - 1, k, 1.0])  # RAS of the first transmitted pixel
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Anonymous", "ANON"
-        ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
-        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = series_description, 1, k + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(-corner[0]), float(-corner[1]), float(corner[2])]
-        ds.PixelSpacing = [float(sy), float(sx)]  # (between rows, between columns)
-        ds.SliceThickness = float(sz)
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
-        ds.PixelData = pixels.tobytes()
-        path = folder / f"slice_{k:04d}.dcm"
-        atomic_write(path, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True), overwrite)
-        written.append(path)
-    return written

@@ -1,12 +1,13 @@
 """Engines: diffusion objectives over MONAI schedulers, the DRR consistency loss, the cascade trainer, sampling,
-inference and evaluation."""
+inference, evaluation and the PACS round trip over DICOMweb."""
 
 from .evaluation import CTEvaluation, drr_consistency, volume_metrics, x2ct_metrics
 from .inference import CTInferenceWorkflow
 from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
+from .pacs import DicomWebRoundTrip, choose_views
 from .preview import orthogonal_slices, save_preview
-from .sampler import CascadeSampler, CTInferer, RegressionInferer, views_and_mask
+from .sampler import CascadeSampler, CTInferer, RegressionInferer, XrayToCT, views_and_mask
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
 from .workflow import DRRPreviewHandler, StageBatch, drr_error_pairs
 
@@ -18,11 +19,14 @@ __all__ = [
     "CascadeSampler",
     "DRRConsistencyLoss",
     "DRRPreviewHandler",
+    "DicomWebRoundTrip",
     "DiffusionObjective",
     "PREDICTION_TYPES",
     "RegressionInferer",
     "RegressionObjective",
     "StageBatch",
+    "XrayToCT",
+    "choose_views",
     "drr_consistency",
     "drr_error_pairs",
     "freeze_for_stage",

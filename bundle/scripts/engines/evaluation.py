@@ -13,11 +13,21 @@ Metric definitions (also in ``metrics.json`` under ``definitions``):
   Implementation differences (window shape at borders, covariance normalisation) can move SSIM by ~0.01.
 * ``best_constant``: the per-case constant volume with the smallest squared error (the target's mean in the
   window) — the floor any generator has to clear.
+* ``tissue``: what a radiologist checks, per tissue of the *target* inside the patient's body (the couch-removal
+  body mask, margin 0): ``lung`` (< −400 HU: lungs and airways), ``fat`` (−190…−30), ``soft_tissue`` (−29…150:
+  muscle, organs, blood), ``bone`` (> 200). Per tissue ``mae_hu`` (mean |error|) and ``bias_hu`` (mean signed
+  error, generated − target) on the HU window, and ``voxels``. Defined by the target's CT numbers, so the same on
+  phantoms and real CTs; voxels between the classes (−400…−190, 150…200: partial volume) count in no tissue.
+* ``uncertainty`` (model, ``num_samples`` > 1): inside the body, ``std_error_r`` — Pearson correlation of the per-voxel
+  standard deviation over the samples with the absolute error of their mean — and ``calibration``: voxels in ten
+  equally populated bins of std, each bin's mean std and mean |error| (HU). A calibrated Gaussian predictive
+  distribution has mean |error| = std·√(2/π) ≈ 0.8·std (``ideal_slope``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,14 +38,31 @@ import torch.nn.functional as F
 from monai.metrics import PSNRMetric, SSIMMetric
 
 from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
-from ..data import voxel_spacing
+from ..data import body_mask, voxel_spacing
 from ..physics import ct_scale_to_hu
 from ..utils import atomic_write
+from .report import case_slices, save_case_figure, save_summary_plot, write_metrics_csv
 from .sampler import CTInferer, RegressionInferer
 
-__all__ = ["CTEvaluation", "drr_consistency", "volume_metrics", "x2ct_metrics"]
+__all__ = [
+    "CTEvaluation",
+    "TISSUES",
+    "drr_consistency",
+    "tissue_metrics",
+    "uncertainty_calibration",
+    "volume_metrics",
+    "x2ct_metrics",
+]
 
 METRICS = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim")
+
+#: Tissue classes of the target CT (HU ranges, inclusive); see the module docstring.
+TISSUES: dict[str, tuple[float, float]] = {
+    "lung": (-math.inf, -400.0),
+    "fat": (-190.0, -30.0),
+    "soft_tissue": (-29.0, 150.0),
+    "bone": (200.0, math.inf),
+}
 
 
 def _as_volume(x) -> torch.Tensor:
@@ -83,6 +110,52 @@ def x2ct_metrics(pred_hu, target_hu, size: int = 128) -> dict[str, float]:
     return {"x2ct_psnr": psnr, "x2ct_ssim": float(np.mean(per_axis))}
 
 
+def _body(target: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """The patient's body in the target (couch-removal mask without its margin); everything when none is found."""
+    found = body_mask(target.numpy(), spacing, margin_mm=0.0)
+    return torch.ones_like(target, dtype=torch.bool) if found is None else torch.from_numpy(found[0])
+
+
+def tissue_metrics(pred_hu, target_hu, hu_window: Sequence[float], body: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per tissue of the target inside ``body`` (module docstring): ``{tissue: {mae_hu, bias_hu, voxels}}``; a tissue
+    without voxels reads NaN errors."""
+    low, high = float(hu_window[0]), float(hu_window[1])
+    target = _as_volume(target_hu)
+    error = _as_volume(pred_hu).clamp(low, high) - target.clamp(low, high)
+    out = {}
+    for name, (lo, hi) in TISSUES.items():
+        mask = body & (target >= lo) & (target <= hi)
+        n = int(mask.sum())
+        e = error[mask]
+        out[name] = {
+            "mae_hu": float(e.abs().mean()) if n else math.nan,
+            "bias_hu": float(e.mean()) if n else math.nan,
+            "voxels": n,
+        }
+    return out
+
+
+def uncertainty_calibration(pred_hu, std_hu, target_hu, hu_window: Sequence[float], body: torch.Tensor, bins: int = 10):
+    """Does the per-voxel std predict the error? ``std_error_r`` and a ``calibration`` curve (module docstring)."""
+    low, high = float(hu_window[0]), float(hu_window[1])
+    error = (_as_volume(pred_hu).clamp(low, high) - _as_volume(target_hu).clamp(low, high)).abs()[body]
+    std = _as_volume(std_hu)[body]
+    centred_e, centred_s = error - error.mean(), std - std.mean()
+    denom = float(centred_e.norm() * centred_s.norm())
+    order = torch.argsort(std)
+    curve = []
+    for chunk in torch.tensor_split(order, bins):
+        if len(chunk):
+            curve.append({"mean_std_hu": float(std[chunk].mean()), "mean_abs_error_hu": float(error[chunk].mean())})
+    return {
+        "std_error_r": float((centred_e * centred_s).sum()) / denom if denom > 0 else math.nan,
+        "mean_std_hu": float(std.mean()),
+        "mean_abs_error_hu": float(error.mean()),
+        "ideal_slope": math.sqrt(2.0 / math.pi),
+        "calibration": curve,
+    }
+
+
 def drr_consistency(composer, hu, views: torch.Tensor, view_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """DRRs ``(V, H, W)`` of an HU MetaTensor ``(1, X, Y, Z)`` (spacing from its affine) and the mean |DRR − view| per
     present view, keyed by view name (X-ray network scale)."""
@@ -92,6 +165,17 @@ def drr_consistency(composer, hu, views: torch.Tensor, view_mask: torch.Tensor) 
     names = [str(v) for v in composer.renderer.geometry.views]
     errors = {names[v]: float((drrs[v] - views[v]).abs().mean()) for v in range(len(names)) if bool(view_mask[v])}
     return drrs, errors
+
+
+def _json_safe(value):
+    """NaN (a tissue absent from a case) as ``null``: metrics.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 class CTEvaluation:
@@ -109,6 +193,8 @@ class CTEvaluation:
         baselines: name -> checkpoint path; each runs on the same views.
         model_config: the evaluated model's config (the baselines are checked against it; ``None``: not checked).
         ssim_window: 3D SSIM window (voxels); protocol_size: grid of the biplanar protocol metrics.
+        figures: also write ``metrics.csv``, ``metrics_summary.png`` and a truth/generated/error figure per case
+            (:mod:`.report`).
     """
 
     def __init__(
@@ -119,6 +205,7 @@ class CTEvaluation:
         model_config: Mapping | None = None,
         ssim_window: int = 7,
         protocol_size: int = 128,
+        figures: bool = True,
     ) -> None:
         self.composer, self.hu_window = composer, tuple(map(float, hu_window))
         self.baselines = {name: Path(path) for name, path in (baselines or {}).items()}
@@ -127,12 +214,15 @@ class CTEvaluation:
         self.inferer = CTInferer(RegressionInferer())
         self.ssim_window, self.protocol_size = int(ssim_window), int(protocol_size)
         self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.figures = bool(figures)
+        self._slices: dict[str, dict] = {}
 
-    def _score(self, hu, target, views, mask, drr_errors: Mapping | None = None) -> dict[str, float]:
+    def _score(self, hu, target, views, mask, body, drr_errors: Mapping | None = None) -> dict:
         scores = volume_metrics(hu, target, self.hu_window, self.ssim_window)
         scores.update(x2ct_metrics(hu, target, self.protocol_size))
         errors = drr_errors if drr_errors is not None else drr_consistency(self.composer, hu, views, mask)[1]
         scores["drr_error"] = float(np.mean(list(errors.values())))
+        scores["tissue"] = tissue_metrics(hu, target, self.hu_window, body)
         return scores
 
     def _network(self, name: str, device) -> torch.nn.Module:
@@ -160,10 +250,11 @@ class CTEvaluation:
         return like.clone().copy_(ct_scale_to_hu(out, self.hu_window))  # keeps the model output's affine
 
     def __call__(
-        self, name: str, data: Mapping, hu, device, model_drr_errors: Mapping | None = None
-    ) -> dict[str, dict[str, float]]:
+        self, name: str, data: Mapping, hu, device, model_drr_errors: Mapping | None = None, std=None
+    ) -> dict[str, dict]:
         """Scores of every method for one case; ``model_drr_errors``: the model CT's per-view DRR errors when the
-        caller has already rendered them (the inference workflow has, for its JSON)."""
+        caller has already rendered them (the inference workflow has, for its JSON); ``std``: the model's per-voxel
+        standard deviation over its samples (HU, like ``hu``), scored for calibration."""
         if "ct" not in data:
             raise ValueError("evaluation needs a CT input ('image') to compare with; this case has only radiographs.")
         target = torch.as_tensor(data["ct"]).float()
@@ -176,19 +267,36 @@ class CTEvaluation:
         methods = {"model": hu, "best_constant": constant}
         for baseline in self.baselines:
             methods[baseline] = self._baseline(baseline, views, mask, device, hu)
+        body = _body(target[0], voxel_spacing(hu))
         scores = {
-            method: self._score(volume, target, views, mask, model_drr_errors if method == "model" else None)
+            method: self._score(volume, target, views, mask, body, model_drr_errors if method == "model" else None)
             for method, volume in methods.items()
         }
+        if std is not None:
+            scores["model"]["uncertainty"] = uncertainty_calibration(hu, std, target, self.hu_window, body)
         self.results[name] = scores
+        if self.figures:
+            self._slices[name] = case_slices(target[0], hu[0])
         return scores
 
     def finish(self, report: Mapping, output_dir: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write ``output_dir/metrics.json`` (per case, mean per method, failures, definitions); returns its path."""
+        """Write ``output_dir/metrics.json`` (per case, mean per method, failures, definitions) and, with ``figures``,
+        the CSV, the summary plot and the per-case figures; returns the JSON's path."""
         methods = sorted({m for case in self.results.values() for m in case}, key=lambda m: (m != "model", m))
         mean = {
             m: {k: float(np.mean([c[m][k] for c in self.results.values() if m in c])) for k in METRICS} for m in methods
         }
+        for m in methods:  # tissue errors: the mean over the cases that have the tissue
+            mean[m]["tissue"] = {
+                t: {
+                    k: float(np.nanmean([c[m]["tissue"][t][k] for c in self.results.values() if m in c]))
+                    for k in ("mae_hu", "bias_hu")
+                }
+                for t in TISSUES
+            }
+        rs = [c["model"]["uncertainty"]["std_error_r"] for c in self.results.values() if "uncertainty" in c["model"]]
+        if rs:
+            mean["model"]["uncertainty"] = {"std_error_r": float(np.nanmean(rs)), "cases": len(rs)}
         content = {
             "cases": len(self.results),
             "mean": mean,
@@ -200,6 +308,11 @@ class CTEvaluation:
             .replace("\n  ", " "),
         }
         path = Path(output_dir) / "metrics.json"
-        text = json.dumps(content, indent=2)
+        text = json.dumps(_json_safe(content), indent=2, allow_nan=False)
         atomic_write(path, lambda p: Path(p).write_text(text), overwrite=True)
+        if self.figures and self.results:
+            write_metrics_csv(Path(output_dir) / "metrics.csv", self.results)
+            save_summary_plot(Path(output_dir) / "metrics_summary.png", self.results)
+            for name, slices in self._slices.items():
+                save_case_figure(Path(output_dir) / name / f"{name}_evaluation.png", slices)
         return str(path)

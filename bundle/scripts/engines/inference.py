@@ -84,10 +84,11 @@ class CTInferenceWorkflow:
 
     Per case ``<name>`` in ``output_dir/<name>/``: ``<name>_ct.nii.gz`` (HU, int16, RAS affine in mm),
     ``<name>_std.nii.gz`` (per-voxel standard deviation in HU over ``num_samples``; float32; only when more than one
-    sample is drawn), ``<name>_dicom/`` (optional CT series, anonymous, fresh UIDs), ``<name>_preview.png`` (three
-    orthogonal slices; each input view beside the DRR of the generated CT) and ``<name>.json`` (DRR consistency
-    error per view, shapes, spacing, timing). ``output_dir/inference_report.json`` lists every case as done or
-    failed with the reason. Existing outputs are never replaced unless ``overwrite``.
+    sample is drawn), ``<name>_dicom/`` (optional CT series, anonymous, fresh UIDs, marked synthetic:
+    :meth:`write_series`), ``<name>_preview.png`` (three orthogonal slices; each input view beside the DRR of the
+    generated CT) and ``<name>.json`` (DRR consistency error per view, shapes, spacing, timing).
+    ``output_dir/inference_report.json`` lists every case as done or failed with the reason. Existing outputs are
+    never replaced unless ``overwrite``.
 
     Args:
         cases: the datalist cases (see :func:`scripts.data.load_cases`).
@@ -144,6 +145,10 @@ class CTInferenceWorkflow:
         load_network_weights(self.network, self.ckpt_path, self.model_config)
         self.network.to(self.device).eval()
 
+    def write_series(self, folder: Path, hu: torch.Tensor, affine: np.ndarray) -> list[Path]:
+        """The CT as a DICOM series of its own study (anonymous patient, fresh UIDs, marked synthetic)."""
+        return write_ct_dicom_series(folder, hu, affine, overwrite=self.overwrite)
+
     def _targets(self, name: str) -> dict[str, Path]:
         folder = self.output_dir / name
         return {
@@ -178,7 +183,7 @@ class CTInferenceWorkflow:
         if samples > 1:
             write_nifti(targets["std"], std[0].numpy().astype(np.float32), affine, self.overwrite)
         if self.write_dicom:
-            write_ct_dicom_series(targets["dicom"], hu[0], affine, "Generated CT (xray2ct)", self.overwrite)
+            self.write_series(targets["dicom"], hu[0], affine)
         filled = torch.nan_to_num(views, nan=-1.0)  # absent views as an unexposed detector
         drrs, errors = drr_consistency(self.composer, hu, filled, mask)
         if self.save_preview:
@@ -201,7 +206,9 @@ class CTInferenceWorkflow:
             "files": {k: str(v.relative_to(self.output_dir)) for k, v in targets.items() if v.exists()},
         }
         if self.evaluation is not None:
-            summary["metrics"] = self.evaluation(name, data, hu, self.device, model_drr_errors=errors)
+            summary["metrics"] = self.evaluation(
+                name, data, hu, self.device, model_drr_errors=errors, std=std if samples > 1 else None
+            )
         text = json.dumps(summary, indent=2)
         atomic_write(targets["json"], lambda p: Path(p).write_text(text), self.overwrite)
         return summary

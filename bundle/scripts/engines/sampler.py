@@ -14,8 +14,9 @@ from monai.inferers import Inferer
 from tqdm import tqdm
 
 from ..networks import XrayToCTCascade, unwrap
+from ..physics import ct_scale_to_hu
 
-__all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "views_and_mask"]
+__all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "XrayToCT", "views_and_mask"]
 
 
 class CascadeSampler(Inferer):
@@ -200,3 +201,27 @@ class CTInferer(Inferer):
         mean = total / self.num_samples
         var = (total_sq / self.num_samples - mean**2).clamp_min(0.0) if self.num_samples > 1 else torch.zeros_like(mean)
         return torch.cat([mean, var.sqrt()], dim=1).float()  # (B, 2, X, Y, Z)
+
+
+class XrayToCT(torch.nn.Module):
+    """The whole model as one module: ``views (B, V, H, W)`` on the X-ray network scale -> ``(B, 1, X, Y, Z)`` CT in
+    HU on the last stage grid (the mean of ``inferer``'s samples, within ``hu_window``).
+
+    What ``network_data_format`` in ``configs/metadata.json`` declares (``image`` in, ``pred`` out), so that MONAI's
+    ``verify_net_in_out`` can check the declaration on a module that takes one tensor (``xray_to_ct`` in
+    ``configs/inference.yaml``); ``network_def`` itself is one denoising step. The inference workflow runs the same
+    ``inferer`` case by case and adds the affine, the uncertainty and the files.
+
+    Args:
+        network: the cascade (or a baseline); its weights are whatever it holds.
+        inferer: :class:`CTInferer`, ``(B, V, H, W) -> (B, 2, X, Y, Z)`` mean and standard deviation on the CT scale.
+        hu_window: the CT scale's HU window (``[-1, 1] -> hu_window``).
+    """
+
+    def __init__(self, network: torch.nn.Module, inferer: CTInferer, hu_window: Sequence[float]) -> None:
+        super().__init__()
+        self.network, self.inferer, self.hu_window = network, inferer, tuple(map(float, hu_window))
+
+    def forward(self, views: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mean = self.inferer(views, self.network, view_mask=view_mask)[:, :1]  # (B, 1, X, Y, Z) CT scale
+        return ct_scale_to_hu(mean, self.hu_window)  # (B, 1, X, Y, Z) HU

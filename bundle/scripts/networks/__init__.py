@@ -2,15 +2,17 @@
 
 from .baselines import LiftedRegressor
 from .blocks import ATTENTION_MODES, DiTBlock, TimestepEmbedder
-from .cascade import STAGE_KEYS, XrayToCTCascade
+from .cascade import STAGE_KEYS, CascadeStage, XrayToCTCascade
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
-from .interface import CascadeLike, check_stage, unwrap
+from .interface import CHECKPOINT_RECORDS, CascadeLike, check_stage, skip_checkpoint_records, unwrap
 from .lifting import DepthLifting, ResolutionDepthPriors, backproject, voxel_centres
 
 __all__ = [
     "ATTENTION_MODES",
+    "CHECKPOINT_RECORDS",
     "CascadeLike",
+    "CascadeStage",
     "DepthLifting",
     "DiTBlock",
     "HybridViT3D",
@@ -23,6 +25,7 @@ __all__ = [
     "XrayToCTCascade",
     "backproject",
     "check_stage",
+    "skip_checkpoint_records",
     "unwrap",
     "voxel_centres",
 ]

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..physics import ProjectionGeometry
 from .encoder import XrayEncoder, XrayEncoding
-from .interface import check_stage
+from .interface import check_stage, skip_checkpoint_records
 from .lifting import DepthLifting
 
 __all__ = ["LiftedRegressor"]
@@ -93,6 +93,7 @@ class LiftedRegressor(nn.Module):
             head = nn.Conv3d(int(lift_channels), 1, kernel_size=1)
         self.decoder = decoder
         self.stages = nn.ModuleList([nn.ModuleDict({"lifting": lifting, "decoder": head})])
+        self.register_load_state_dict_pre_hook(skip_checkpoint_records)  # model.pt's records beside the weights
 
     @property
     def num_stages(self) -> int:

@@ -15,10 +15,10 @@ from ..physics import ProjectionGeometry
 from .blocks import ATTENTION_MODES
 from .denoiser import HybridViT3D
 from .encoder import XrayEncoder, XrayEncoding
-from .interface import check_stage
+from .interface import check_stage, skip_checkpoint_records
 from .lifting import DepthLifting
 
-__all__ = ["STAGE_KEYS", "XrayToCTCascade", "resample_previous"]
+__all__ = ["STAGE_KEYS", "CascadeStage", "XrayToCTCascade", "resample_previous"]
 
 #: Keys a stage entry of the presets may set (``grid_size``, ``patch_size``, ``width``, ``depth``, ``heads`` are
 #: required).
@@ -183,6 +183,7 @@ class XrayToCTCascade(nn.Module):
                 gradient_checkpointing=gradient_checkpointing,
             )
             self.stages.append(modules)
+        self.register_load_state_dict_pre_hook(skip_checkpoint_records)  # model.pt's records beside the weights
 
     @property
     def num_stages(self) -> int:
@@ -194,17 +195,23 @@ class XrayToCTCascade(nn.Module):
     def standalone_denoiser(self, stage: int) -> HybridViT3D:
         """A copy of stage ``stage``'s denoiser that loads its weights from a state dict of the whole cascade.
 
-        For TorchScript export with ``python -m monai.bundle ckpt_export``, which loads the checkpoint (e.g.
-        ``models/model.pt``, key ``network``) strictly into the module it exports: the copy's ``load_state_dict``
-        keeps the ``stages.<stage>.denoiser.*`` entries of a cascade state dict (renamed) and drops the rest; its own
-        state dicts load as usual. The denoiser scripts (``torch.jit.script``); the encoder and the depth lifting
-        that produce its inputs stay in Python (``stage<s>_denoiser_data_format`` in ``configs/metadata.json``).
+        For TorchScript export with ``python -m monai.bundle ckpt_export``, which loads the checkpoint (a training
+        run's ``model.pt`` as it is; the shipped ``models/model.pt`` with ``--key_in_ckpt model``) strictly into the
+        module it exports: the copy's ``load_state_dict`` keeps the ``stages.<stage>.denoiser.*`` entries of a
+        cascade state dict (renamed) and drops the rest; its own state dicts load as usual. The denoiser scripts
+        (``torch.jit.script``); the encoder and the depth lifting that produce its inputs stay in Python
+        (``stage<s>_denoiser_data_format`` in ``configs/metadata.json``).
         """
         check_stage(self.num_stages, stage)
         denoiser = copy.deepcopy(self.stages[stage]["denoiser"])
         hook = functools.partial(_keep_cascade_entries, cascade_prefix=f"stages.{stage}.denoiser.")
         denoiser.register_load_state_dict_pre_hook(hook)
         return denoiser
+
+    def stage_network(self, stage: int) -> CascadeStage:
+        """Stage ``stage`` of this cascade as a module of tensor inputs only (:class:`CascadeStage`), for
+        ``torch.jit.trace``; it shares this cascade's modules and weights."""
+        return CascadeStage(self, stage)
 
     def encode(self, xray: torch.Tensor, view_mask: torch.Tensor | None = None) -> XrayEncoding:
         """``xray (B, V, H, W)`` network-scale views -> the shared encoding."""
@@ -287,3 +294,40 @@ class XrayToCTCascade(nn.Module):
         return self.stages[stage]["denoiser"](
             torch.cat([x_t, *conditioning], dim=1), t, encoding.tokens, encoding.global_embedding, encoding.token_mask
         )
+
+
+class CascadeStage(nn.Module):
+    """One stage of a cascade with tensor inputs only: ``forward(x_t, t, xray, view_mask=None, previous=None)``.
+
+    ``torch.jit.trace`` records tensors only, so the cascade's ``stage`` argument is fixed here; the trace holds that
+    stage's whole step (X-ray encoder, depth lifting, denoiser) as one TorchScript graph, and the sampling loop calls
+    it once per step. Trace it with its weights loaded (the trace keeps the lifting's geometry buffers, which
+    checkpoints do not hold), e.g. with MONAI's ``convert_to_torchscript(stage, inputs=[x_t, t, xray, view_mask(,
+    previous)], use_trace=True)``. ``torch.jit.script`` of the cascade fails: :class:`~scripts.networks.XrayEncoding`
+    is a dataclass, the checks format messages with ``!r``, and ``forward`` indexes ``stages`` with a run-time
+    ``stage``.
+
+    The module registers the cascade's own ``encoder`` and ``stages`` under the same names, so a state dict of the
+    cascade (e.g. ``models/model.pt``, key ``model``) loads into it strictly, and into the cascade at once.
+
+    Args:
+        cascade: the cascade whose modules are shared.
+        stage: the stage index.
+    """
+
+    def __init__(self, cascade: XrayToCTCascade, stage: int) -> None:
+        super().__init__()
+        self.stage = check_stage(cascade.num_stages, stage)
+        self.encoder, self.stages = cascade.encoder, cascade.stages  # the cascade's state-dict names
+        self._cascade = (cascade,)  # in a tuple: not a second registration of the same modules
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        xray: torch.Tensor,
+        view_mask: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``XrayToCTCascade.forward`` of this stage: ``(B, 1, X, Y, Z)`` prediction (shapes there)."""
+        return self._cascade[0](x_t, t, xray, stage=self.stage, previous=previous, view_mask=view_mask)

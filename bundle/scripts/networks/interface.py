@@ -7,7 +7,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["CascadeLike", "check_stage", "unwrap"]
+__all__ = ["CHECKPOINT_RECORDS", "CascadeLike", "check_stage", "skip_checkpoint_records", "unwrap"]
+
+#: The plain (non-tensor) entries a weights file of this bundle holds beside the network's state dict: what the
+#: weights mean and how they were trained (:mod:`scripts.checkpoint.files`).
+CHECKPOINT_RECORDS = ("model_config", "config")
 
 
 @runtime_checkable
@@ -44,3 +48,15 @@ def check_stage(num_stages: int, stage: int, joint: bool = False) -> int:
         allowed = f"-1 (joint) or in [0, {num_stages - 1}]" if joint else f"in [0, {num_stages - 1}]"
         raise ValueError(f"stage must be {allowed}, got {stage!r}.")
     return stage
+
+
+def skip_checkpoint_records(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: drop the :data:`CHECKPOINT_RECORDS` beside the weights.
+
+    A weights file (``model.pt``) is the network's state dict plus those two small records, so that the file alone
+    says what its weights mean; with this hook ``network.load_state_dict(torch.load(path, weights_only=True))``
+    loads it strictly, as any MONAI bundle's ``model.pt``. The records are checked by
+    :func:`scripts.checkpoint.load_network_weights`, which knows the run's settings; the network does not.
+    """
+    for key in CHECKPOINT_RECORDS:
+        state_dict.pop(prefix + key, None)  # load_state_dict works on its own copy of the caller's dict

@@ -1,0 +1,130 @@
+"""Evaluation outputs a researcher reads besides ``metrics.json``: a CSV, a summary plot and per-case figures.
+
+* ``metrics.csv`` — one row per case and method: the volume metrics, the DRR error, the biplanar protocol's and the
+  per-tissue MAE / bias (HU), so the numbers open in a spreadsheet or pandas without parsing JSON.
+* ``metrics_summary.png`` — per-case PSNR and SSIM, one colour per method, cases along x: who wins where, at a glance.
+* ``<case>/<case>_evaluation.png`` — truth, generated and |error| in the three orthogonal planes through the centre
+  (display conventions of :mod:`.preview`; CT in the chest window −1000..1000 HU, error 0..500 HU).
+
+Drawn with Pillow (a dependency already), so evaluation needs no plotting library.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..utils import atomic_write
+from .preview import WINDOW_HU, orthogonal_slices
+
+__all__ = ["CSV_COLUMNS", "save_case_figure", "save_summary_plot", "write_metrics_csv"]
+
+_SCALARS = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim")
+_TISSUES = ("lung", "fat", "soft_tissue", "bone")
+#: Columns of metrics.csv, in order.
+CSV_COLUMNS = ("case", "method", *_SCALARS, *(f"{t}_{k}" for t in _TISSUES for k in ("mae_hu", "bias_hu")))
+#: Method colours (RGB) of the summary plot, in the order methods are listed; more methods cycle.
+_COLOURS = ((230, 85, 13), (120, 120, 120), (49, 130, 189), (116, 196, 118), (158, 154, 200))
+ERROR_WINDOW_HU = (0.0, 500.0)
+
+
+def write_metrics_csv(path: str | os.PathLike, per_case: Mapping[str, Mapping[str, Mapping]]) -> None:
+    """``per_case[case][method]`` scores -> ``path`` (atomic); empty cells where a value is missing."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for case, methods in per_case.items():
+        for method, scores in methods.items():
+            tissue = scores.get("tissue", {})
+            row = [case, method, *(_cell(scores.get(k)) for k in _SCALARS)]
+            row += [_cell(tissue.get(t, {}).get(k)) for t in _TISSUES for k in ("mae_hu", "bias_hu")]
+            writer.writerow(row)
+    text = buffer.getvalue()
+    atomic_write(Path(path), lambda p: Path(p).write_text(text), overwrite=True)
+
+
+def _cell(value) -> str:
+    return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.6g}"
+
+
+def save_summary_plot(
+    path: str | os.PathLike,
+    per_case: Mapping[str, Mapping[str, Mapping]],
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    panel: tuple[int, int] = (560, 260),
+) -> None:
+    """Per-case values of ``metrics`` (one panel each, stacked), a marker per method and case (atomic PNG)."""
+    cases = list(per_case)
+    methods = list(dict.fromkeys(m for c in per_case.values() for m in c))
+    width, height = panel
+    left, right, top, bottom = 60, 150, 24, 30
+    image = Image.new("RGB", (width, height * len(metrics)), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for p, metric in enumerate(metrics):
+        y0 = p * height
+        values = [per_case[c][m][metric] for c in cases for m in methods if m in per_case[c]]
+        lo, hi = float(min(values)), float(max(values))
+        pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+        lo, hi = lo - pad, hi + pad
+        box = (left, y0 + top, width - right, y0 + height - bottom)
+        draw.rectangle(box, outline=(0, 0, 0))
+        draw.text((4, y0 + 4), metric, fill=(0, 0, 0))
+        for frac in (0.0, 0.5, 1.0):  # y ticks: bottom, middle, top
+            y = box[3] - frac * (box[3] - box[1])
+            draw.line((box[0] - 4, y, box[0], y), fill=(0, 0, 0))
+            draw.text((4, y - 6), f"{lo + frac * (hi - lo):.3g}", fill=(0, 0, 0))
+
+        step = (box[2] - box[0]) / max(len(cases), 1)
+        for i, case in enumerate(cases):
+            centre = box[0] + (i + 0.5) * step
+            draw.text((centre - 24, box[3] + 4), case[-9:], fill=(0, 0, 0))
+            for j, method in enumerate(methods):
+                if method not in per_case[case]:
+                    continue
+                v = float(per_case[case][method][metric])
+                y = box[3] - (v - lo) / (hi - lo) * (box[3] - box[1])
+                x = centre + (j - (len(methods) - 1) / 2) * 6
+                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=_COLOURS[j % len(_COLOURS)])
+        for j, method in enumerate(methods):  # legend
+            ly = y0 + top + 14 * j
+            draw.rectangle((width - right + 10, ly, width - right + 20, ly + 10), fill=_COLOURS[j % len(_COLOURS)])
+            draw.text((width - right + 26, ly), method, fill=(0, 0, 0))
+    atomic_write(Path(path), lambda f: image.save(f, format="PNG"), overwrite=True)
+
+
+def _grey(image: np.ndarray, window: tuple[float, float], size: int) -> Image.Image:
+    scaled = np.clip((np.asarray(image, dtype=np.float32) - window[0]) / (window[1] - window[0]), 0.0, 1.0)
+    return Image.fromarray((scaled * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
+
+
+def case_slices(target_hu, pred_hu) -> dict[str, dict[str, np.ndarray]]:
+    """The figure's content: ``{"truth"|"generated"|"|error|": {plane: slice}}`` (small: kept per case until the
+    figures are written)."""
+    target, pred = np.asarray(target_hu, dtype=np.float32), np.asarray(pred_hu, dtype=np.float32)
+    return {
+        "truth": orthogonal_slices(target),
+        "generated": orthogonal_slices(pred),
+        "|error|": orthogonal_slices(np.abs(pred - target)),
+    }
+
+
+def save_case_figure(path: str | os.PathLike, slices: Mapping[str, Mapping[str, np.ndarray]], tile: int = 160) -> None:
+    """Rows truth / generated / |error|, columns axial / coronal / sagittal (atomic PNG)."""
+    label = 14
+    rows = list(slices)
+    planes = list(next(iter(slices.values())))
+    image = Image.new("L", (len(planes) * tile, len(rows) * (tile + label)), 0)
+    draw = ImageDraw.Draw(image)
+    for r, row in enumerate(rows):
+        window = ERROR_WINDOW_HU if row == "|error|" else WINDOW_HU
+        for c, plane in enumerate(planes):
+            top = r * (tile + label)
+            image.paste(_grey(slices[row][plane], window, tile), (c * tile, top + label))
+            draw.text((c * tile + 3, top + 1), f"{row} {plane} ({window[0]:.0f}..{window[1]:.0f} HU)", fill=255)
+    atomic_write(Path(path), lambda f: image.save(f, format="PNG"), overwrite=True)
