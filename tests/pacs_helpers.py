@@ -26,7 +26,7 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from scripts.data import synthetic_chest_ct
+from scripts.data import SYNTHETIC_SERIES_DESCRIPTION, synthetic_chest_ct
 from scripts.physics import DRRRenderer, ProjectionGeometry, hu_to_mu
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -80,6 +80,21 @@ def dx_study(geometry: ProjectionGeometry, size: int = 32, spacing_mm: float = 1
         ds.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
     return files
+
+
+def check_synthetic_ct_header(h: Dataset) -> None:
+    """What every instance of a stored synthetic series must say: a derived CT marked synthetic, filed under the
+    input's patient, with no other identifier of the study copied in."""
+    assert h.Modality == "CT" and list(h.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+    assert h.SeriesDescription == SYNTHETIC_SERIES_DESCRIPTION
+    assert (str(h.PatientName), h.PatientID, h.IssuerOfPatientID) == (
+        PATIENT["PatientName"],
+        PATIENT["PatientID"],
+        PATIENT["IssuerOfPatientID"],
+    )
+    for keyword in ("AccessionNumber", "StudyID", "StudyDate", "PatientBirthDate", "PatientSex"):
+        assert not h[keyword].value, keyword
+    assert "InstitutionName" not in h and "StationName" not in h
 
 
 def header(data: bytes) -> Dataset:
