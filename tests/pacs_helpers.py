@@ -15,6 +15,7 @@ import email.parser
 import email.policy
 import io
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pydicom
 import torch
+from conftest import cli_config_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scripts.data import SYNTHETIC_SERIES_DESCRIPTION, synthetic_chest_ct
@@ -80,6 +82,18 @@ def dx_study(geometry: ProjectionGeometry, size: int = 32, spacing_mm: float = 1
         ds.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
     return files
+
+
+def dicomweb_command() -> list[str]:
+    """The DICOMweb round trip's command line, without its arguments (the docs' command)."""
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        cli_config_files("inference.yaml", "dicomweb.yaml"),
+    ]
 
 
 def check_synthetic_ct_header(h: Dataset) -> None:

@@ -9,16 +9,15 @@ import email.policy
 import json
 import socket
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import ROOT, TINY_CONFIG, cli_config_files, config_files, config_parser
+from conftest import ROOT, TINY_CONFIG, config_files, config_parser
 from monai.bundle import ConfigWorkflow
-from pacs_helpers import DX_STORAGE, FakeDicomWeb, check_synthetic_ct_header, dx_study, header
+from pacs_helpers import DX_STORAGE, FakeDicomWeb, check_synthetic_ct_header, dicomweb_command, dx_study, header
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scripts.checkpoint import save_checkpoint
@@ -313,14 +312,7 @@ def test_an_incomplete_store_fails_naming_the_series(tmp_path, checkpoint, study
 def test_an_unreachable_pacs_ends_the_command_with_one_line_and_writes_nothing(tmp_path):
     port = _closed_port()
     uid = generate_uid()
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        cli_config_files("inference.yaml", "dicomweb.yaml"),
-    ]
+    cmd = dicomweb_command()
     cmd += [
         "--dicomweb_url",
         f"http://127.0.0.1:{port}/dicom-web",

@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -29,8 +28,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import ROOT, cli_config_files
-from pacs_helpers import PATIENT, check_synthetic_ct_header, dx_study
+from conftest import ROOT
+from pacs_helpers import PATIENT, check_synthetic_ct_header, dicomweb_command, dx_study
 from scripts.checkpoint import read_model_config
 from scripts.data import load_ct
 from scripts.physics import ProjectionGeometry
@@ -109,14 +108,7 @@ def test_round_trip_through_orthanc(tmp_path, orthanc):
     inputs = [pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True) for d in files]
     study = str(inputs[0].StudyInstanceUID)
     dicomweb = orthanc + "/dicom-web"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        cli_config_files("inference.yaml", "dicomweb.yaml"),
-    ]
+    cmd = dicomweb_command()
     cmd += ["--dicomweb_url", dicomweb, "--study_uid", study, "--output_dir", str(tmp_path / "out")]
     cmd += ["--progress_bar", "false"]
     start = time.perf_counter()
