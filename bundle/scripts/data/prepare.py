@@ -81,8 +81,9 @@ def split_cases(n: int, fractions: Sequence[float], seed: int) -> tuple[list[int
 
 
 def _write_json(path: Path, content: dict, overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(content, indent=2)), overwrite)
+    """Indented JSON, atomically; an existing file is kept unless ``overwrite``."""
+    text = json.dumps(content, indent=2)
+    atomic_write(path, lambda p: Path(p).write_text(text), overwrite)
 
 
 def _remove_previous(out: Path) -> None:
@@ -189,8 +190,8 @@ def prepare_dataset(
         "test": [cases[i] for i in test],
     }
     report = {"cases": len(cases), "failures": failures, "source": "synthetic" if source_dir is None else "source_dir"}
-    atomic_write(out / "prepare_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)), True)
-    atomic_write(datalist_path, lambda p: Path(p).write_text(json.dumps(datalist, indent=2)), overwrite)
+    _write_json(out / "prepare_report.json", report, True)
+    _write_json(datalist_path, datalist, overwrite)
     logger.info("prepare: %d cases in %s (%d failed)", len(cases), out, len(failures))
     return datalist
 

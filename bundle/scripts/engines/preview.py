@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from ..utils import atomic_write
 
-__all__ = ["orthogonal_slices", "save_preview"]
+__all__ = ["grey_tile", "orthogonal_slices", "save_preview"]
 
 WINDOW_HU = (-1000.0, 1000.0)
 
@@ -33,7 +33,8 @@ def orthogonal_slices(hu: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _grey(image: np.ndarray, low: float, high: float, size: int) -> Image.Image:
+def grey_tile(image: np.ndarray, low: float, high: float, size: int) -> Image.Image:
+    """``image`` windowed to ``[low, high]`` as 8-bit grey, resized to a ``size`` × ``size`` tile."""
     scaled = np.clip((np.asarray(image, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
     return Image.fromarray((scaled * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
 
@@ -55,11 +56,11 @@ def save_preview(
     canvas = Image.new("L", (columns * tile, 2 * (tile + label)), 0)
     draw = ImageDraw.Draw(canvas)
     for i, (name, image) in enumerate(slices.items()):
-        canvas.paste(_grey(image, *WINDOW_HU, tile), (i * tile, label))
+        canvas.paste(grey_tile(image, *WINDOW_HU, tile), (i * tile, label))
         draw.text((i * tile + 3, 1), name, fill=255)
     for j, v in enumerate(present):
         for k, (kind, image) in enumerate((("input", views[v]), ("DRR of CT", drrs[v]))):
             left = (2 * j + k) * tile
-            canvas.paste(_grey(image.numpy(), -1.0, 1.0, tile), (left, 2 * label + tile))
+            canvas.paste(grey_tile(image.numpy(), -1.0, 1.0, tile), (left, 2 * label + tile))
             draw.text((left + 3, tile + label + 1), f"view {v} {kind}", fill=255)
     atomic_write(Path(path), lambda p: canvas.save(p, format="PNG"), overwrite)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..utils import atomic_write
-from .preview import WINDOW_HU, orthogonal_slices
+from .preview import WINDOW_HU, grey_tile, orthogonal_slices
 
 __all__ = ["CSV_COLUMNS", "save_case_figure", "save_summary_plot", "write_metrics_csv"]
 
@@ -98,11 +98,6 @@ def save_summary_plot(
     atomic_write(Path(path), lambda f: image.save(f, format="PNG"), overwrite=True)
 
 
-def _grey(image: np.ndarray, window: tuple[float, float], size: int) -> Image.Image:
-    scaled = np.clip((np.asarray(image, dtype=np.float32) - window[0]) / (window[1] - window[0]), 0.0, 1.0)
-    return Image.fromarray((scaled * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-
-
 def case_slices(target_hu, pred_hu) -> dict[str, dict[str, np.ndarray]]:
     """The figure's content: ``{"truth"|"generated"|"|error|": {plane: slice}}`` (small: kept per case until the
     figures are written)."""
@@ -125,6 +120,6 @@ def save_case_figure(path: str | os.PathLike, slices: Mapping[str, Mapping[str, 
         window = ERROR_WINDOW_HU if row == "|error|" else WINDOW_HU
         for c, plane in enumerate(planes):
             top = r * (tile + label)
-            image.paste(_grey(slices[row][plane], window, tile), (c * tile, top + label))
+            image.paste(grey_tile(slices[row][plane], *window, tile), (c * tile, top + label))
             draw.text((c * tile + 3, top + 1), f"{row} {plane} ({window[0]:.0f}..{window[1]:.0f} HU)", fill=255)
     atomic_write(Path(path), lambda f: image.save(f, format="PNG"), overwrite=True)

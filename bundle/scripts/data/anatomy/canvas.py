@@ -65,6 +65,15 @@ class Canvas:
         y = s * p[..., 0] + c * p[..., 1]
         return np.stack([x, y, p[..., 2]], axis=-1) + self.shift
 
+    def patient_points(self, i: np.ndarray, j: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Patient-frame ``(N, 3)`` mm of grid voxels ``(i, j, k)`` (index arrays or ints); ``px``/``py`` may be
+        broadcast along an axis (no yaw), where any index reads the same value."""
+        i, j, k = np.atleast_1d(i), np.atleast_1d(j), np.atleast_1d(k)
+        px = self.px[i if self.px.shape[0] > 1 else 0, j if self.px.shape[1] > 1 else 0, 0]
+        py = self.py[i if self.py.shape[0] > 1 else 0, j if self.py.shape[1] > 1 else 0, 0]
+        pz = self.pz[0, 0, k]
+        return np.column_stack([np.broadcast_to(px, i.shape), np.broadcast_to(py, i.shape), pz]).astype(np.float64)
+
     def z_slices(self, z_min: float, z_max: float) -> slice:
         """The k-range whose patient z lies in ``[z_min, z_max]`` (to restrict work to a structure's height)."""
         z = self.pz[0, 0]

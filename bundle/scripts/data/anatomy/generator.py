@@ -119,7 +119,8 @@ def chest_phantom(
     paint_skeleton(canvas, patient, streams["skeleton"])
     paint_findings(canvas, patient, streams["pathology"], right, left)
     hu = canvas.hu
-    model = draw_scanner(streams["scanner"], 2.0 * patient.half_width * 0.85 + 0.0, noise_hu)
+    # Water-equivalent diameter: the body's width, less the lungs' air (≈ 0.85 of it across the chest).
+    model = draw_scanner(streams["scanner"], 2.0 * patient.half_width * 0.85, noise_hu)
     if scanner:
         hu = apply_scanner(hu, canvas.labels > 0, spacing, streams["scanner"], model)
     else:

@@ -45,14 +45,11 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
     rel = [px - c[0], py - c[1], pz - c[2]]
     u = [a[0] * rel[0] + a[1] * rel[1] + a[2] * rel[2] for a in axes]  # heart-frame coordinates (mm)
 
-    def _ellipsoid(centre, radii):
-        return sum(((ui - ci) / ri) ** 2 for ui, ci, ri in zip(u, centre, radii, strict=True)) <= 1.0
-
     # The heart's inferior (diaphragmatic) surface is flat where it rests on the central tendon.
     above = pz > patient.diaphragm_z(px, py) - 4.0
 
-    def ellipsoid(centre, radii):  # noqa: F811 - the heart ends at the diaphragm
-        return _ellipsoid(centre, radii) & above
+    def ellipsoid(centre, radii):  # heart frame, cut at the diaphragm
+        return (sum(((ui - ci) / ri) ** 2 for ui, ci, ri in zip(u, centre, radii, strict=True)) <= 1.0) & above
 
     fat_mm = float(np.clip(3.0 + 0.06 * max(patient.age - 30.0, 0.0) + 0.15 * patient.fat_mm, 3.0, 12.0))
     outer = ellipsoid((0, 0, 0), r + 2.0)  # pericardial sac
@@ -99,7 +96,7 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
     r_asc = s * (13.0 + 0.06 * max(patient.age - 30.0, 0.0)) * rng.uniform(0.9, 1.1)
     r_desc = 0.78 * r_asc
     root = base((-0.55 * r[0], 0.05 * r[1], 0.1 * r[2]))
-    desc_x, desc_y = -(vr[0] + 6.0), None
+    desc_x = -(vr[0] + 6.0)
     ys = lambda z: float(spine(np.float32(z))) + vr[1] + 4.0  # noqa: E731 - the front of the vertebral bodies
     # The arch runs from right-anterior to left-posterior, anterior and then left of the trachea (which lies at about
     # ys + 18…24 mm on the midline), to descend left-anterolateral of the spine.
@@ -114,7 +111,6 @@ def paint_heart_and_vessels(canvas: Canvas, patient: Patient, rng: np.random.Gen
         (desc_x + 8.0, ys(patient.z_dome_left - 20.0) + 2.0, patient.z_dome_left - 20.0),
         (-6.0, ys(bottom) + 6.0, bottom),
     ]
-    del desc_y
     aorta = [np.asarray(p, dtype=np.float64) for p in aorta]
     radii = [r_asc, r_asc, r_asc * 0.95, r_asc * 0.9, r_asc * 0.85, r_desc, r_desc, r_desc * 0.95, r_desc * 0.9]
     tubes = [("aorta", np.asarray(aorta), radii)]

@@ -135,11 +135,9 @@ def paint_findings(
 
 
 def _point_in(rng: np.random.Generator, canvas: Canvas, mask: np.ndarray) -> np.ndarray:
-    """A random patient-frame point (mm) inside ``mask`` (the mask's first voxel when it has none)."""
+    """A random patient-frame point (mm) inside ``mask`` (the patient-frame origin when it has none)."""
     idx = np.flatnonzero(mask)
     if idx.size == 0:
         return np.zeros(3)
     i, j, k = np.unravel_index(int(idx[rng.integers(idx.size)]), canvas.shape)
-    px = canvas.px[i if canvas.px.shape[0] > 1 else 0, j if canvas.px.shape[1] > 1 else 0, 0]
-    py = canvas.py[i if canvas.py.shape[0] > 1 else 0, j if canvas.py.shape[1] > 1 else 0, 0]
-    return np.array([float(px), float(py), float(canvas.pz[0, 0, k])])
+    return canvas.patient_points(i, j, k)[0]

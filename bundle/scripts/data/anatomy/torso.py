@@ -32,13 +32,12 @@ def paint_body_wall(canvas: Canvas, patient: Patient, rng: np.random.Generator) 
     muscle_in = patient.inside_body(px, py, pz, patient.wall_mm)
     fat_in = patient.inside_body(px, py, pz, 2.0 + patient.fat_mm)
     muscle = fat_in & ~muscle_in
-    # Pectoralis major: a thicker anterior muscle over the upper chest, thinning laterally.
+    # Pectoralis major: the muscle layer thickened to 1.6× over the anterior upper chest.
     front = py - patient.body_y
     upper = (pz < patient.z_sternal_notch) & (pz > patient.z_xiphoid + 40.0 * patient.scale)
-    pect_mm = patient.muscle_mm * (0.8 + 0.8 * np.clip(1.0 - np.abs(px) / patient.half_width, 0.0, 1.0))
     pectoral = fat_in & ~patient.inside_body(px, py, pz, 2.0 + patient.fat_mm + 1.6 * patient.muscle_mm)
     pectoral &= upper & (front > 0.35 * patient.half_ap_anterior) & (np.abs(px) > 15.0)
-    muscle |= pectoral & (pect_mm > 0)
+    muscle |= pectoral
     canvas.paint(muscle, 50.0 + 6.0 * texture, L["skeletal_muscle"])
     fat = body & ~fat_in
     septa = np.abs(canvas.noise(rng, 4.0)) < 0.08  # thin fibrous septa in the fat

@@ -80,11 +80,7 @@ def patient_coords(
     canvas: Canvas, sl: tuple[slice, slice, slice], i: np.ndarray, j: np.ndarray, k: np.ndarray
 ) -> np.ndarray:
     """Patient-frame ``(N, 3)`` mm of voxels ``(i, j, k)`` given in the box ``sl``."""
-    gi, gj, gk = i + sl[0].start, j + sl[1].start, k + sl[2].start
-    px = canvas.px[gi if canvas.px.shape[0] > 1 else 0, gj if canvas.px.shape[1] > 1 else 0, 0]
-    py = canvas.py[gi if canvas.py.shape[0] > 1 else 0, gj if canvas.py.shape[1] > 1 else 0, 0]
-    pz = canvas.pz[0, 0, gk]
-    return np.column_stack([np.broadcast_to(px, gi.shape), np.broadcast_to(py, gi.shape), pz]).astype(np.float64)
+    return canvas.patient_points(i + sl[0].start, j + sl[1].start, k + sl[2].start)
 
 
 # ---- rasterisation -------------------------------------------------------------------------------------------------
