@@ -87,6 +87,7 @@ def test_stage_zero_then_stage_one(tmp_path):
         "physics_loss_weight": 0.3,
         "physics_timestep_gate": 0.5,
         "cond_noise_max": 0.2,
+        "condition_dropout": 0.1,
         "learning_rate": 0.0003,
         "batch_size": 2,
         "max_epochs": 1,

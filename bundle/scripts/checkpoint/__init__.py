@@ -14,6 +14,7 @@ from .files import first_nonfinite, load_checkpoint, plain, save_checkpoint, wri
 from .handlers import AtomicCheckpointSaver, ResumableRandomSampler, TrainingStateHandler, is_main_process
 from .model_config import (
     MODEL_CONFIG_KEYS,
+    check_guidance_scale,
     check_model_config,
     model_config,
     read_model_config,
@@ -26,6 +27,7 @@ __all__ = [
     "ResumableRandomSampler",
     "TrainingStateHandler",
     "build_network",
+    "check_guidance_scale",
     "check_model_config",
     "first_nonfinite",
     "is_main_process",

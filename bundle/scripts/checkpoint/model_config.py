@@ -29,6 +29,7 @@ from .files import load_checkpoint, plain
 __all__ = [
     "MODEL_CONFIG_KEYS",
     "NETWORKS",
+    "check_guidance_scale",
     "check_model_config",
     "model_config",
     "read_model_config",
@@ -240,3 +241,25 @@ def check_model_config(found: Mapping, given: Mapping, path: str | os.PathLike) 
                 "the weights mean and comes from the checkpoint, so leave it unset (sampling settings stay free)."
             )
     return found
+
+
+def check_guidance_scale(checkpoint: str | os.PathLike, guidance_scale: float) -> float:
+    """Refuse classifier-free guidance (``guidance_scale`` ≠ 1) with a checkpoint trained without condition dropout.
+
+    Such a network never learnt the prediction without the X-rays, so ``p_null + w·(p_xray − p_null)`` would
+    extrapolate from an arbitrary output: a wrong CT, not an error. The training run's ``condition_dropout`` is in
+    the checkpoint's ``config`` record (absent in older checkpoints: 0).
+
+    Returns ``guidance_scale``; raises ``ValueError`` (one line naming the file) otherwise.
+    """
+    if float(guidance_scale) == 1.0:
+        return float(guidance_scale)
+    record = load_checkpoint(checkpoint).get("config") or {}
+    dropout = record.get("condition_dropout", 0.0) if isinstance(record, Mapping) else 0.0
+    if not (isinstance(dropout, numbers.Real) and dropout > 0):
+        raise ValueError(
+            f"guidance_scale {guidance_scale}: the checkpoint {checkpoint} was trained without condition dropout "
+            f"(condition_dropout {dropout}), so it has no X-ray-free prediction to guide with; leave guidance_scale "
+            "at 1, or use a checkpoint trained with condition_dropout > 0."
+        )
+    return float(guidance_scale)

@@ -2,6 +2,7 @@
 inference, evaluation and the PACS round trip over DICOMweb."""
 
 from .evaluation import CTEvaluation, drr_consistency, volume_metrics, x2ct_metrics
+from .guidance import DRRGuidance
 from .inference import CTInferenceWorkflow
 from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
@@ -18,6 +19,7 @@ __all__ = [
     "CascadeDiffusionTrainer",
     "CascadeSampler",
     "DRRConsistencyLoss",
+    "DRRGuidance",
     "DRRPreviewHandler",
     "DicomWebRoundTrip",
     "DiffusionObjective",

@@ -51,11 +51,15 @@ class DRRConsistencyLoss(nn.Module):
         num_train_timesteps: int,
         spacing_mm: Sequence[float],
         view_mask: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args: ``x0_hat (B, 1, X, Y, Z)`` CT scale, ``xray (B, V, H, W)`` network scale, ``t (B,)``,
-        ``spacing_mm`` of the stage grid, ``view_mask (B, V)``. Returns a scalar (0 when no sample qualifies)."""
+        ``spacing_mm`` of the stage grid, ``view_mask (B, V)``, ``sample_weight (B,)`` 0/1 (0: the sample is left
+        out, e.g. trained without its X-rays). Returns a scalar (0 when no sample qualifies)."""
         hu = ct_scale_to_hu(x0_hat.float(), self.hu_window)  # (B, 1, X, Y, Z)
         gate = (t.float() / num_train_timesteps <= self.timestep_gate).float()  # (B,)
+        if sample_weight is not None:
+            gate = gate * sample_weight.to(gate)
         if self.weight == 0 or not bool(gate.any()):
             return x0_hat.sum() * 0.0  # keeps the graph (and DDP) intact
         drr = self.composer(hu, spacing_mm)  # (B, V, H, W)

@@ -77,6 +77,21 @@ class DiffusionObjective:
             return sqrt_abar * x_t - sqrt_one_minus * prediction
         return (x_t - sqrt_one_minus * prediction) / sqrt_abar
 
+    def prediction_from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The prediction at ``x_t`` that implies the clean volume ``x0``: the inverse of :meth:`predict_x0`.
+
+        Guided sampling corrects ``x̂0`` and hands the scheduler this prediction, so that the scheduler's own update
+        (DDIM, DDPM, the flow's Euler step) moves towards the corrected volume; the noise it implies is the one
+        consistent with ``x_t`` and ``x0``. ``v = (√ᾱ·x_t − x0) / √(1−ᾱ)``, ``ε = (x_t − √ᾱ·x0) / √(1−ᾱ)``,
+        flow ``v = (x0 − x_t) / s`` with ``s`` at least ``1 / T`` (``t = 0`` leaves no step to take).
+        """
+        if self.prediction_type == "rectified_flow":
+            return (x0 - x_t) / self._fraction(t, x_t).clamp_min(1.0 / self.num_train_timesteps)
+        sqrt_abar, sqrt_one_minus = self._alphas(t, x_t)
+        if self.prediction_type == "v_prediction":
+            return (sqrt_abar * x_t - x0) / sqrt_one_minus
+        return (x_t - sqrt_abar * x0) / sqrt_one_minus
+
 
 class RegressionObjective:
     """The objective of the deterministic baselines (``networks.LiftedRegressor``) in the same trainer.

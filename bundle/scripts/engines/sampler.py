@@ -35,6 +35,14 @@ class CascadeSampler(Inferer):
         progress: show a tqdm bar over each stage's steps.
         cache_conditioning: compute each stage's lifted prior and resampled previous volume once, not at every step
             (they depend on neither ``x_t`` nor ``t``; the samples are identical either way).
+        guidance: physics-consistent sampling (:class:`~scripts.engines.DRRGuidance`): each guided step's ``x̂0`` is
+            pulled towards the input views through the DRR renderer; ``None``: off (the sampler is then exactly the
+            unguided one).
+        guidance_scale: classifier-free guidance ``w`` on the X-ray conditioning: each step's prediction is
+            ``p_null + w·(p_xray − p_null)`` with ``p_null`` the prediction without the X-rays
+            (:meth:`~scripts.networks.XrayEncoding.without_xrays`; the previous stage's volume is kept). 1: off (one
+            network call per step); other values need a checkpoint trained with condition dropout and cost a second
+            network call per step.
     """
 
     def __init__(
@@ -47,8 +55,14 @@ class CascadeSampler(Inferer):
         amp: bool = False,
         progress: bool = False,
         cache_conditioning: bool = True,
+        guidance=None,
+        guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"guidance_scale must be a number (1: off), got {guidance_scale!r}.")
+        if not (0 <= guidance_scale <= 20):
+            raise ValueError(f"guidance_scale must be in [0, 20] (1: off), got {guidance_scale!r}.")
         self.scheduler_factory = scheduler_factory
         self.num_inference_steps = num_inference_steps
         self.stages = None if stages is None else [int(s) for s in stages]
@@ -56,6 +70,7 @@ class CascadeSampler(Inferer):
         self.seed = seed
         self.amp, self.progress = bool(amp), bool(progress)
         self.cache_conditioning = bool(cache_conditioning)
+        self.guidance, self.guidance_scale = guidance, float(guidance_scale)
 
     def _steps(self, stage: int) -> int:
         steps = self.num_inference_steps
@@ -73,9 +88,17 @@ class CascadeSampler(Inferer):
         previous: torch.Tensor | None,
         batch: int,
         generator: torch.Generator | None = None,
+        views: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One stage's sample ``(B, 1, X, Y, Z)`` from pure noise."""
+        """One stage's sample ``(B, 1, X, Y, Z)`` from pure noise; ``views (B, V, H, W)`` (network scale) and
+        ``view_mask (B, V)`` are what the DRR guidance compares with (needed only with ``guidance``)."""
         device = encoding.tokens.device
+        guided = self.guidance is not None and (self.guidance.stages is None or stage in self.guidance.stages)
+        if guided and views is None:
+            raise ValueError("DRR guidance needs the input views: call the sampler with them.")
+        cfg = self.guidance_scale != 1.0
+        null = encoding.without_xrays() if cfg else None
         grid = network.grid_size(stage)
         scheduler = self.scheduler_factory()
         scheduler.set_timesteps(self._steps(stage), device=device)
@@ -90,16 +113,30 @@ class CascadeSampler(Inferer):
         if "generator" in params:  # stochastic samplers (DDPM) draw their noise from the same generator
             extra = [dict(e, generator=generator) for e in extra]
         autocast = bool(self.amp and torch.device(device).type == "cuda")
-        conditioning = None
+        conditioning = conditioning_null = None
         if self.cache_conditioning:  # per step, the lifting was half of the tiny preset's stage-1 time on CPU
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 conditioning = network.stage_conditioning(stage, encoding, previous)
+                if cfg:
+                    conditioning_null = network.stage_conditioning(stage, null, previous)
+        if guided:
+            fov = network.stage_configs[stage]["fov_mm"]
+            spacing = [f / g for f, g in zip(fov, grid, strict=True)]
         steps = tqdm(timesteps, desc=f"stage {stage}", leave=False, disable=not self.progress)
         for t, kwargs in zip(steps, extra, strict=True):
             t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 out = network(x, t_batch, stage=stage, previous=previous, encoding=encoding, conditioning=conditioning)
-            x = scheduler.step(out.float(), t, x, **kwargs)[0]
+                if cfg:
+                    out_null = network(
+                        x, t_batch, stage=stage, previous=previous, encoding=null, conditioning=conditioning_null
+                    )
+            out = out.float()
+            if cfg:
+                out = out_null.float() + self.guidance_scale * (out - out_null.float())
+            if guided and self.guidance.applies(stage, t):
+                out = self.guidance(x, out, t, views, spacing, view_mask)
+            x = scheduler.step(out, t, x, **kwargs)[0]
         return x.clamp(-1.0, 1.0) if self.clip else x
 
     @torch.no_grad()
@@ -123,7 +160,7 @@ class CascadeSampler(Inferer):
         encoding = net.encode(inputs, view_mask)
         sample = previous
         for stage in stages:
-            sample = self.sample_stage(net, encoding, stage, sample, inputs.shape[0], generator)
+            sample = self.sample_stage(net, encoding, stage, sample, inputs.shape[0], generator, inputs, view_mask)
         return sample
 
 

@@ -46,6 +46,9 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
       on stage ``s−1``'s grid plus Gaussian noise of a random level in ``[0, cond_noise_max]``;
     * ``x_t`` = the objective's corruption of ``image_<grid_s>``; loss = MSE(prediction, target) +
       ``physics_loss(x̂0)`` (the DRR consistency term, timestep-gated);
+    * condition dropout (classifier-free guidance, Ho and Salimans 2022): with probability ``condition_dropout``
+      a sample's X-ray encoding is replaced by the null one (``XrayEncoding.without_xrays``; the previous-stage
+      volume stays), and the DRR loss leaves that sample out (it was not shown the views it would be compared with);
     * bf16 autocast on CUDA when ``amp`` is set; gradient clipping at ``clip_grad_norm``;
     * numerical safety: a step whose loss or gradient norm is NaN or Inf is skipped (gradients dropped, no optimizer
       step, so the weights stay those of the last finite step), logged and counted in ``engine.state.skipped_steps``
@@ -63,6 +66,8 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         previous_sampler: when given, stage ``s > 0`` is conditioned on a sample of stage ``s − 1`` drawn with it
             (plus the same augmentation noise) instead of the downsampled ground truth.
         max_nonfinite_steps: consecutive non-finite steps (skipped) after which training stops.
+        condition_dropout: probability in [0, 1) that a sample is trained without its X-rays (0: off, and the
+            iteration is exactly the one without the option: nothing is drawn).
         kwargs: everything else goes to ``SupervisedTrainer`` (``loss_function`` is the diffusion MSE).
     """
 
@@ -76,6 +81,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         clip_grad_norm: float | None = 1.0,
         previous_sampler: CascadeSampler | None = None,
         max_nonfinite_steps: int = 5,
+        condition_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         # Unused stages (joint training picks one per iteration) must get None, not zero, gradients: AdamW would
@@ -93,6 +99,15 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm!r}.")
         if isinstance(max_nonfinite_steps, bool) or not isinstance(max_nonfinite_steps, int) or max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be a positive integer, got {max_nonfinite_steps!r}.")
+        if isinstance(condition_dropout, bool) or not (
+            isinstance(condition_dropout, (int, float)) and 0 <= condition_dropout < 1
+        ):
+            raise ValueError(f"condition_dropout must be a probability in [0, 1), got {condition_dropout!r}.")
+        if condition_dropout > 0 and not isinstance(network, XrayToCTCascade):
+            raise ValueError(
+                f"condition_dropout is for the diffusion cascade, got {type(network).__name__} (set it to 0)."
+            )
+        self.condition_dropout = float(condition_dropout)
         self.objective, self.stage = objective, int(stage)
         self.physics_loss, self.cond_noise_max, self.clip_grad_norm = (
             physics_loss,
@@ -155,8 +170,12 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: x_t, Keys.LABEL: target}
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         cuda = torch.device(device).type == "cuda"
+        extra, keep = {}, None
+        if engine.condition_dropout > 0:
+            drop = torch.rand(x0.shape[0], device=device) < engine.condition_dropout  # (B,)
+            extra, keep = {"null_condition": drop}, (~drop).float()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(engine.amp and cuda)):
-            prediction = engine.network(x_t, t, xray, stage=stage, previous=previous, view_mask=view_mask)
+            prediction = engine.network(x_t, t, xray, stage=stage, previous=previous, view_mask=view_mask, **extra)
         prediction = prediction.float()
         engine.state.output[Keys.PRED] = prediction
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -171,7 +190,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
             clean = batchdata.get("xray_clean")
             reference = xray if clean is None else torch.as_tensor(clean).to(device=device, dtype=torch.float32)
             physics = engine.physics_loss(
-                x0_hat, reference, t, engine.objective.num_train_timesteps, spacing, view_mask
+                x0_hat, reference, t, engine.objective.num_train_timesteps, spacing, view_mask, sample_weight=keep
             )
         loss = diffusion + physics
         engine.state.output.update(

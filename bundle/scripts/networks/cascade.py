@@ -260,6 +260,7 @@ class XrayToCTCascade(nn.Module):
         view_mask: torch.Tensor | None = None,
         encoding: XrayEncoding | None = None,
         conditioning: Sequence[torch.Tensor] | None = None,
+        null_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One stage's prediction.
 
@@ -273,6 +274,8 @@ class XrayToCTCascade(nn.Module):
             encoding: a precomputed :meth:`encode` result.
             conditioning: a precomputed :meth:`stage_conditioning` result for this stage and ``encoding`` (then
                 ``previous`` is not used).
+            null_condition: ``(B,)`` bool, True where the X-rays are dropped (:meth:`XrayEncoding.without_xrays`):
+                the condition dropout of classifier-free guidance in training.
 
         Returns:
             ``(B, 1, X, Y, Z)`` the prediction (v or ε, as trained).
@@ -289,6 +292,10 @@ class XrayToCTCascade(nn.Module):
             if xray is None:
                 raise ValueError("xray or encoding must be given.")
             encoding = self.encode(xray, view_mask)
+        if null_condition is not None:
+            if conditioning is not None:
+                raise ValueError("null_condition and a precomputed conditioning cannot be combined.")
+            encoding = encoding.without_xrays(null_condition)
         if conditioning is None:
             conditioning = self.stage_conditioning(stage, encoding, previous)
         return self.stages[stage]["denoiser"](

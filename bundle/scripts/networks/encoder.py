@@ -30,6 +30,27 @@ class XrayEncoding:
     feature_maps: torch.Tensor
     view_mask: torch.Tensor
 
+    def without_xrays(self, drop: torch.Tensor | None = None) -> XrayEncoding:
+        """The null conditioning of classifier-free guidance for the samples where ``drop (B,)`` is True (all when
+        ``None``): tokens, global embedding and feature maps set to zero, the masks kept.
+
+        Zero is a fixed point the trained encoder never produces (its tokens leave a LayerNorm), needs no weights
+        (checkpoints keep their keys) and keeps attention well defined: every token still present, its key and value
+        the projections' biases only. What a stage sees from the previous stage's volume is not touched.
+        """
+        b = self.tokens.shape[0]
+        drop = torch.ones(b, dtype=torch.bool, device=self.tokens.device) if drop is None else drop
+        if drop.shape != (b,):
+            raise ValueError(f"drop must be one flag per case, shape ({b},), got {tuple(drop.shape)}.")
+        keep = (~drop.to(device=self.tokens.device, dtype=torch.bool)).to(self.tokens.dtype)
+        return XrayEncoding(
+            self.tokens * keep[:, None, None],
+            self.token_mask,
+            self.global_embedding * keep[:, None],
+            self.feature_maps * keep[:, None, None, None, None].to(self.feature_maps.dtype),
+            self.view_mask,
+        )
+
 
 class _ResidualBlock(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
