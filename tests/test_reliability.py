@@ -3,6 +3,7 @@ config errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import re
@@ -603,3 +604,15 @@ def test_training_workflow_names_the_bad_setting_at_initialize(tmp_path, overrid
     # The network, geometry and model config are built before the data: those fail before preparing any of it.
     assert (tmp_path / "data").exists() is not before_data
     assert not (tmp_path / "models" / "stage_0" / "config.json").exists()  # no run was recorded
+
+
+def test_yes_no_settings_from_the_command_line():
+    """``--overwrite false`` arrives as the string "false": it must read as False, never as a truthy string."""
+    from monai.networks.schedulers import DDIMScheduler
+    from scripts.engines import CascadeSampler
+    from scripts.utils import flag
+
+    assert flag("false", "overwrite") is False and flag("True", "overwrite") is True and flag(False, "x") is False
+    assert CascadeSampler(functools.partial(DDIMScheduler, 1000), 1, progress="false").progress is False
+    with pytest.raises(ValueError, match=r"^overwrite must be true or false, got 'maybe'\.$"):
+        flag("maybe", "overwrite")

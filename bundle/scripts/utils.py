@@ -11,11 +11,22 @@ from types import TracebackType
 
 from monai.utils import str2bool
 
-__all__ = ["USER_ERRORS", "atomic_write", "claim", "report_user_errors", "user_error"]
+__all__ = ["USER_ERRORS", "atomic_write", "claim", "flag", "report_user_errors", "user_error"]
 
 #: What a user's input or setting raises (a missing, unreadable or implausible file; a bad value; an existing
 #: output): reported as one line. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def flag(value: bool | str, name: str) -> bool:
+    """A yes/no setting as a bool. The command line hands ``--overwrite false`` over as the string ``"false"``,
+    which ``bool()`` reads as True; anything but a bool or a yes/no word is refused, naming the setting."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return str2bool(str(value))
+    except ValueError:
+        raise ValueError(f"{name} must be true or false, got {value!r}.") from None
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwrite: bool = False) -> None:

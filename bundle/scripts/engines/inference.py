@@ -23,7 +23,7 @@ import torch
 from ..checkpoint import load_network_weights
 from ..data import INPUT_KEYS, voxel_spacing, write_ct_dicom_series, write_nifti
 from ..physics import RadiographComposer
-from ..utils import atomic_write, claim, user_error
+from ..utils import atomic_write, claim, flag, user_error
 from .evaluation import drr_consistency
 from .preview import save_preview
 
@@ -133,8 +133,9 @@ class CTInferenceWorkflow:
         self.composer, self.hu_window = composer, tuple(map(float, hu_window))
         self.output_dir, self.ckpt_path, self.model_config = Path(output_dir), ckpt_path, model_config
         self.device = torch.device(device)
-        self.write_dicom, self.save_preview, self.overwrite = bool(write_dicom), bool(save_preview), bool(overwrite)
-        self.names_from_files, self.evaluation = bool(names_from_files), evaluation
+        self.write_dicom, self.save_preview = flag(write_dicom, "write_dicom"), flag(save_preview, "save_preview")
+        self.overwrite, self.evaluation = flag(overwrite, "overwrite"), evaluation
+        self.names_from_files = flag(names_from_files, "names_from_files")
 
     def load_weights(self) -> None:
         """Load ``ckpt_path`` into the network (``weights_only``, model config checked)."""

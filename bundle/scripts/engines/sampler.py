@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..networks import XrayToCTCascade, unwrap
 from ..physics import ct_scale_to_hu
+from ..utils import flag
 
 __all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "XrayToCT", "views_and_mask"]
 
@@ -68,7 +69,7 @@ class CascadeSampler(Inferer):
         self.stages = None if stages is None else [int(s) for s in stages]
         self.clip = clip
         self.seed = seed
-        self.amp, self.progress = bool(amp), bool(progress)
+        self.amp, self.progress = flag(amp, "amp"), flag(progress, "progress_bar")
         self.cache_conditioning = bool(cache_conditioning)
         self.guidance, self.guidance_scale = guidance, float(guidance_scale)
 

