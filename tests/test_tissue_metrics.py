@@ -195,7 +195,9 @@ def test_evaluation_with_and_without_a_label_map(tmp_path):
         case = _evaluation_case(with_label)
         evaluation(name, case, case["ct"].clone() + 10.0, "cpu", model_seconds=1.5)
     path = evaluation.finish({"failed": []}, tmp_path)
-    metrics = json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    text = open(path).read()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert '"vertebrae_T1": {"id": 50, "mae_hu": 10.0, "bias_hu": 10.0, "voxels": 16}' in text  # a line per label
     labelled, real = metrics["per_case"]["labelled"], metrics["per_case"]["real_ct"]
     assert labelled["model"]["anatomy"]["muscle"] == {"mae_hu": 10.0, "bias_hu": 10.0, "voxels": 512 - 16}
     assert labelled["model"]["anatomy"]["spine"] == {"mae_hu": 10.0, "bias_hu": 10.0, "voxels": 16}

@@ -291,6 +291,18 @@ def _mean_errors(entries: Sequence[Mapping]) -> dict[str, float | int]:
     }
 
 
+def _dumps(value, indent: str = "") -> str:
+    """Strict JSON, indented, with every mapping or list of plain values on one line (a label's errors, a calibration
+    point): the file reads a line per label instead of six."""
+    inner = indent + "  "
+    if isinstance(value, Mapping) and any(isinstance(v, (Mapping, list)) for v in value.values()):
+        items = (f"{inner}{json.dumps(str(k))}: {_dumps(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False)
+
+
 def _json_safe(value):
     """NaN (a tissue absent from a case) as ``null``: metrics.json stays strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -481,7 +493,7 @@ class CTEvaluation:
             .replace("\n  ", " "),
         }
         path = Path(output_dir) / "metrics.json"
-        text = json.dumps(_json_safe(content), indent=2, allow_nan=False)
+        text = _dumps(_json_safe(content))
         atomic_write(path, lambda p: Path(p).write_text(text), overwrite=True)
         if self.figures and self.results:
             write_metrics_csv(Path(output_dir) / "metrics.csv", self.results, METRICS, TISSUES, self.anatomy_groups)
