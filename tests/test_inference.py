@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scripts.checkpoint import read_model_config, save_checkpoint
 from scripts.data import CTOutputd, prepare_dataset
 from scripts.engines import CTInferer, orthogonal_slices, views_and_mask, volume_metrics, x2ct_metrics
-from scripts.engines.report import CSV_COLUMNS
+from scripts.engines.evaluation import ANATOMY_GROUPS, CSV_COLUMNS
 from scripts.physics import ct_scale_to_hu
 
 #: The small baselines of the evaluation test.
@@ -396,11 +396,14 @@ def test_evaluation_scores_model_baselines_and_best_constant(tmp_path, dataset, 
     )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["cases"] == 3 and list(metrics["mean"]) == ["model", "best_constant", "lifted_prior", "unet_3d"]
+    scalars = {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim", "seconds"}
     for method, scores in metrics["mean"].items():
-        assert set(scores) == {"psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim", "tissue"} | (
+        # The phantoms come with label maps: every method is also scored per anatomical group and label.
+        assert set(scores) == scalars | {"tissue", "anatomy", "anatomy_labels"} | (
             {"uncertainty"} if method == "model" else set()
         )
         assert set(scores["tissue"]) == {"lung", "fat", "soft_tissue", "bone"}
+        assert list(scores["anatomy"]) == list(ANATOMY_GROUPS) and scores["seconds"] >= 0
     model = metrics["per_case"]["case_0000"]["model"]
     assert len(model["uncertainty"]["calibration"]) == 10 and -1.0 <= model["uncertainty"]["std_error_r"] <= 1.0
     # The constant's bias per tissue is its value minus the tissue's mean: negative in bone, positive in the lungs.

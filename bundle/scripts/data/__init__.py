@@ -1,7 +1,7 @@
 """Data: synthetic chest phantoms, CT and radiograph readers, preprocessing and on-the-fly X-ray rendering."""
 
 from .anatomy import PATHOLOGIES, PHANTOM_LABELS, ChestPhantom, chest_phantom, label_names, synthetic_chest_ct
-from .cases import INPUT_KEYS, CTOutputd, XrayInputsd, load_cases
+from .cases import INPUT_KEYS, LABEL_KEY, CTOutputd, XrayInputsd, load_cases
 from .dicom_output import STUDY_LINK_KEYWORDS, SYNTHETIC_SERIES_DESCRIPTION, bundle_version
 from .dicom_radiograph import header_view
 from .dicomweb import DicomWebClient, DicomWebError, StoreResult, check_uid
@@ -27,6 +27,7 @@ from .transforms import (
     ValidateCTd,
     add_ct_warning,
     body_mask,
+    label_on_grid,
     source_name,
     voxel_spacing,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "CT_SUFFIXES",
     "CTOutputd",
     "INPUT_KEYS",
+    "LABEL_KEY",
     "XrayInputsd",
     "ensure_dataset",
     "load_cases",
@@ -67,6 +69,7 @@ __all__ = [
     "bundle_version",
     "find_ct_sources",
     "is_radiograph_file",
+    "label_on_grid",
     "load_ct",
     "map_radiograph",
     "prepare_dataset",

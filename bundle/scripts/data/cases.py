@@ -20,15 +20,17 @@ from monai.transforms import MapTransform
 from ..physics import RadiographComposer, centred_affine, ct_scale_to_hu
 from .radiograph import LoadRadiographsd, is_radiograph_file
 
-__all__ = ["INPUT_KEYS", "CTOutputd", "XrayInputsd", "load_cases"]
+__all__ = ["INPUT_KEYS", "LABEL_KEY", "CTOutputd", "XrayInputsd", "load_cases"]
 
 #: The input keys of a case: a CT (``image``) or radiographs per view.
 INPUT_KEYS = ("image", "pa", "lateral")
+#: A case's optional label map of its CT (``prepare`` writes one per phantom), read by the evaluation.
+LABEL_KEY = "label"
 
 
 def load_cases(datalist: str | os.PathLike, key: str = "test") -> list[dict]:
-    """The ``key`` list of a datalist, with relative input paths (``image``, ``pa``, ``lateral``) resolved against the
-    datalist's folder.
+    """The ``key`` list of a datalist, with relative input paths (``image``, ``pa``, ``lateral``) and label map
+    (``label``) resolved against the datalist's folder.
 
     Raises:
         ValueError: naming the datalist, when it is unreadable, lacks ``key`` or a case is not a mapping.
@@ -46,7 +48,7 @@ def load_cases(datalist: str | os.PathLike, key: str = "test") -> list[dict]:
         if not isinstance(case, Mapping):
             raise ValueError(f"datalist: {path} {key}[{i}] must be a mapping of input files, got {case!r}.")
         case = dict(case)
-        for k in INPUT_KEYS:
+        for k in (*INPUT_KEYS, LABEL_KEY):
             if isinstance(case.get(k), str) and not Path(case[k]).is_absolute():
                 case[k] = str(path.parent / case[k])
         resolved.append(case)

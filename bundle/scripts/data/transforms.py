@@ -5,7 +5,8 @@ The CT chain (``configs/common.yaml#ct_preprocessing``): ``LoadCTd`` (``LoadImag
 → ``ValidateCTd`` → ``ThresholdIntensityd`` (scanner padding → air; upper HU clip) → ``Orientationd(RAS)`` →
 ``RemoveCouchd`` → ``Spacingd(diagonal=True)`` → ``CropOrPadToFieldOfViewd``; training then adds ``RenderXrayd`` →
 ``ScaleIntensityRanged`` (fixed HU window → [−1, 1]). Problems worth a line in the inference report (partial coverage,
-gantry tilt, a body cut by the field of view) collect in ``meta["ct_warnings"]``.
+gantry tilt, a body cut by the field of view) collect in ``meta["ct_warnings"]``. A label map of the CT follows it
+with :func:`label_on_grid` (evaluation).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.networks.layers import separable_filtering
-from monai.transforms import Affine, BorderPad, MapTransform, Randomizable, Resize, SpatialCrop
+from monai.transforms import Affine, BorderPad, MapTransform, Randomizable, ResampleToMatch, Resize, SpatialCrop
 from monai.utils import str2bool
 from scipy import ndimage
 from scipy.spatial import ConvexHull
@@ -38,6 +39,7 @@ __all__ = [
     "ValidateCTd",
     "add_ct_warning",
     "body_mask",
+    "label_on_grid",
     "source_name",
     "voxel_spacing",
 ]
@@ -331,6 +333,9 @@ class CropOrPadToFieldOfViewd(MapTransform):
     The body is every voxel above ``body_threshold_hu``; the field of view is centred on its bounding box (the
     volume centre if there is no body). The affine is updated, so the output keeps its place in patient space.
 
+    The crop is computed per key from that key's own voxels: list only CT keys. A label map (ids, not HU: every
+    voxel would count as body) follows the CT with :func:`label_on_grid` instead.
+
     ``meta["fov_coverage_mm"]`` records, per RAS axis, how many mm of the field of view hold CT data (the rest is
     padded air); where that is below ``warn_coverage`` of the field of view, a line such as "the CT covers 150 mm of
     320 mm superior-inferior; the rest is air" goes to ``meta["ct_warnings"]`` for the inference report.
@@ -395,6 +400,23 @@ class CropOrPadToFieldOfViewd(MapTransform):
                         add_ct_warning(out, f"the CT covers {c:.0f} mm of {f:.0f} mm {axis}; the rest is air")
             d[key] = out
         return d
+
+
+def label_on_grid(label: MetaTensor, reference: MetaTensor) -> MetaTensor:
+    """A label map ``(1, X', Y', Z')`` (integer ids) on the grid of a preprocessed CT ``reference`` ``(1, X, Y, Z)``.
+
+    Nearest neighbour through both affines (voxel -> patient mm, RAS): each CT voxel gets the id found at its centre,
+    ids outside the label map's extent are 0 (background). Running the label through the CT chain would need a
+    nearest-neighbour twin of each geometric step and the CT's own crop (``CropOrPadToFieldOfViewd`` centres on the
+    body found in the key's own voxels); every one of those steps records itself in the CT's affine and shape, so one
+    resampling to that final grid is the same map and follows any chain. The chain's intensity steps (HU clips,
+    ``RemoveCouchd``) never touch the ids. Both files must be read the same way (``LoadImage``: RAS mm affines).
+
+    Returns:
+        float32 MetaTensor of integer ids with the reference's affine.
+    """
+    out = ResampleToMatch(mode="nearest", padding_mode="zeros", dtype=torch.float32)(label, img_dst=reference)
+    return out.round()  # nearest neighbour copies ids; round() only guards against float noise
 
 
 class RenderXrayd(Randomizable, MapTransform):

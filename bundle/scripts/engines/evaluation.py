@@ -22,13 +22,28 @@ Metric definitions (also in ``metrics.json`` under ``definitions``):
   standard deviation over the samples with the absolute error of their mean — and ``calibration``: voxels in ten
   equally populated bins of std, each bin's mean std and mean |error| (HU). A calibrated Gaussian predictive
   distribution has mean |error| = std·√(2/π) ≈ 0.8·std (``ideal_slope``).
+* ``anatomy`` (cases with a label map, ``label`` in the datalist: the phantoms' ``labels/*.nii.gz``): the error per
+  anatomical group of the *target's* label map, brought onto the CT's grid by nearest neighbour: ``lung`` (the five
+  lobes' parenchyma), ``airways`` (trachea, bronchi), ``lung_vessels``, ``heart`` (myocardium, four chambers),
+  ``great_vessels`` (aorta, pulmonary artery, venae cavae, brachiocephalic, carotid and subclavian vessels),
+  ``liver``, ``abdominal_organs`` (spleen, stomach, kidneys, small bowel), ``spine`` (vertebrae), ``ribs``,
+  ``other_bone`` (sternum, clavicles, scapulae, humeri), ``muscle``, ``fat`` (subcutaneous, torso, epicardial),
+  ``findings`` (nodules, mass, effusion, consolidation, atelectasis, pneumothorax, emphysema). Per group
+  ``mae_hu``, ``bias_hu`` (generated − target, on the HU window) and ``voxels``, over the union of its labels'
+  voxels (boundary voxels included: partial volume counts); ``anatomy_labels``: the same per label present, keyed
+  by label name, with its ``id``. Means over cases: over the cases where the group (label) is present. Absent for a
+  case without a label map.
+* ``seconds``: time to generate the case's CT on the evaluation's device (the model: its sampler with all samples;
+  a baseline: its forward pass; reading and rendering the inputs excluded).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,17 +51,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import PSNRMetric, SSIMMetric
+from monai.transforms import LoadImage
 
 from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
-from ..data import body_mask, voxel_spacing
+from ..data import LABEL_KEY, PHANTOM_LABELS, body_mask, label_on_grid, voxel_spacing
 from ..physics import ct_scale_to_hu
 from ..utils import atomic_write
-from .report import case_slices, save_case_figure, save_summary_plot, write_metrics_csv
+from .report import case_slices, csv_columns, save_case_figure, save_summary_plot, write_metrics_csv
 from .sampler import CTInferer, RegressionInferer
 
 __all__ = [
+    "ANATOMY_GROUPS",
+    "CSV_COLUMNS",
     "CTEvaluation",
     "TISSUES",
+    "anatomy_metrics",
     "drr_consistency",
     "tissue_metrics",
     "uncertainty_calibration",
@@ -54,7 +73,7 @@ __all__ = [
     "x2ct_metrics",
 ]
 
-METRICS = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim")
+METRICS = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim", "seconds")
 
 #: Tissue classes of the target CT (HU ranges, inclusive); see the module docstring.
 TISSUES: dict[str, tuple[float, float]] = {
@@ -63,6 +82,42 @@ TISSUES: dict[str, tuple[float, float]] = {
     "soft_tissue": (-29.0, 150.0),
     "bone": (200.0, math.inf),
 }
+
+#: Anatomical groups of a label map: shell-style patterns (``fnmatch``) of label names, TotalSegmentator's as in
+#: :data:`~scripts.data.PHANTOM_LABELS`; see the module docstring.
+ANATOMY_GROUPS: dict[str, tuple[str, ...]] = {
+    "lung": ("lung_*_lobe_*",),
+    "airways": ("trachea", "lung_trachea_bronchia"),
+    "lung_vessels": ("lung_vessels",),
+    "heart": ("heart_*",),
+    "great_vessels": (
+        "aorta",
+        "pulmonary_artery",
+        "*_vena_cava",
+        "brachiocephalic_*",
+        "common_carotid_artery_*",
+        "subclavian_artery_*",
+    ),
+    "liver": ("liver",),
+    "abdominal_organs": ("spleen", "stomach", "kidney_*", "small_bowel"),
+    "spine": ("vertebrae_*",),
+    "ribs": ("rib_*",),
+    "other_bone": ("sternum", "clavicula_*", "scapula_*", "humerus_*"),
+    "muscle": ("skeletal_muscle", "autochthon_*"),
+    "fat": ("subcutaneous_fat", "torso_fat", "epicardial_fat"),
+    "findings": (
+        "lung_nodules",
+        "lung_mass",
+        "pleural_effusion",
+        "consolidation",
+        "atelectasis",
+        "pneumothorax",
+        "emphysema",
+    ),
+}
+
+#: Columns of metrics.csv, in order (:func:`~scripts.engines.report.csv_columns`).
+CSV_COLUMNS = csv_columns(METRICS, TISSUES, ANATOMY_GROUPS)
 
 
 def _as_volume(x) -> torch.Tensor:
@@ -135,6 +190,59 @@ def tissue_metrics(pred_hu, target_hu, hu_window: Sequence[float], body: torch.T
     return out
 
 
+def _errors(count: torch.Tensor, abs_sum: torch.Tensor, total: torch.Tensor, ids) -> dict[str, float]:
+    """``mae_hu``, ``bias_hu`` and ``voxels`` of the label ids ``ids`` from per-id voxel counts and error sums."""
+    n = int(count[ids].sum())
+    return {
+        "mae_hu": float(abs_sum[ids].sum()) / n if n else math.nan,
+        "bias_hu": float(total[ids].sum()) / n if n else math.nan,
+        "voxels": n,
+    }
+
+
+def anatomy_metrics(
+    pred_hu,
+    target_hu,
+    hu_window: Sequence[float],
+    labels,
+    label_names: Mapping[str, int] = PHANTOM_LABELS,
+    groups: Mapping[str, Sequence[str]] = ANATOMY_GROUPS,
+) -> dict[str, dict]:
+    """HU errors per anatomical group and per label of the target's label map (module docstring).
+
+    Args:
+        pred_hu, target_hu: ``(X, Y, Z)`` (or ``(1, X, Y, Z)``) HU volumes; errors on the HU window.
+        labels: the target's label map on the same grid (integer ids, 0 background).
+        label_names: name -> id of the label map; an id it lacks is named ``label_<id>``.
+        groups: group -> ``fnmatch`` patterns of label names.
+
+    Returns:
+        ``{"anatomy": {group: {mae_hu, bias_hu, voxels}}, "anatomy_labels": {name: {id, mae_hu, bias_hu, voxels}}}``:
+        every group (NaN errors without voxels), the labels present in id order.
+    """
+    low, high = float(hu_window[0]), float(hu_window[1])
+    error = (_as_volume(pred_hu).clamp(low, high) - _as_volume(target_hu).clamp(low, high)).reshape(-1)
+    ids = _as_volume(labels).round().long().reshape(-1)
+    if ids.shape != error.shape:
+        raise ValueError(f"labels: shape {tuple(_as_volume(labels).shape)} differs from the volumes'.")
+    if int(ids.min()) < 0:
+        raise ValueError(f"labels: ids must be non-negative integers, got {int(ids.min())}.")
+    size = max([int(ids.max()), *label_names.values()]) + 1
+    # Per-id sums in one pass; a group's errors are then sums over its ids (voxel-weighted, not a mean of labels).
+    count = torch.bincount(ids, minlength=size)
+    abs_sum = torch.bincount(ids, weights=error.abs(), minlength=size)
+    total = torch.bincount(ids, weights=error, minlength=size)
+    anatomy = {}
+    for group, patterns in groups.items():
+        members = [i for name, i in label_names.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+        anatomy[group] = _errors(count, abs_sum, total, members)
+    names = {i: name for name, i in label_names.items()}
+    per_label = {}
+    for i in torch.nonzero(count[1:]).flatten().add(1).tolist():
+        per_label[names.get(i, f"label_{i}")] = {"id": i, **_errors(count, abs_sum, total, [i])}
+    return {"anatomy": anatomy, "anatomy_labels": per_label}
+
+
 def uncertainty_calibration(pred_hu, std_hu, target_hu, hu_window: Sequence[float], body: torch.Tensor, bins: int = 10):
     """Does the per-voxel std predict the error? ``std_error_r`` and a ``calibration`` curve (module docstring)."""
     low, high = float(hu_window[0]), float(hu_window[1])
@@ -167,6 +275,34 @@ def drr_consistency(composer, hu, views: torch.Tensor, view_mask: torch.Tensor) 
     return drrs, errors
 
 
+def _mean(values: Sequence[float]) -> float:
+    """The mean of the finite values (a tissue or time absent from some cases), NaN when none is."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _mean_errors(entries: Sequence[Mapping]) -> dict[str, float | int]:
+    """Mean ``mae_hu`` and ``bias_hu`` over the cases where the tissue, group or label has voxels, and their count."""
+    present = [e for e in entries if e["voxels"]]
+    return {
+        "mae_hu": _mean([e["mae_hu"] for e in present]),
+        "bias_hu": _mean([e["bias_hu"] for e in present]),
+        "cases": len(present),
+    }
+
+
+def _dumps(value, indent: str = "") -> str:
+    """Strict JSON, indented, with every mapping or list of plain values on one line (a label's errors, a calibration
+    point): the file reads a line per label instead of six."""
+    inner = indent + "  "
+    if isinstance(value, Mapping) and any(isinstance(v, (Mapping, list)) for v in value.values()):
+        items = (f"{inner}{json.dumps(str(k))}: {_dumps(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False)
+
+
 def _json_safe(value):
     """NaN (a tissue absent from a case) as ``null``: metrics.json stays strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -184,6 +320,11 @@ class CTEvaluation:
     For every case with a CT input it scores the model's CT, each baseline's and the best constant volume against
     the preprocessed input CT, and ``finish`` writes ``metrics.json`` (per case and mean per method).
 
+    A case with a label map of its CT (``label`` in the datalist, as ``prepare`` writes for phantoms) is also scored
+    per anatomical group and label (``anatomy``, ``anatomy_labels``): the map is read and brought onto the
+    preprocessed CT's grid by :func:`~scripts.data.label_on_grid`; a case without one (a real CT, radiographs) has
+    neither entry.
+
     A baseline is a regression checkpoint (``configs/stages/baseline_*.yaml``); its network is built from the model
     config it carries, which must agree with the model's on what the views mean (geometry, physics, field of view,
     HU window): both see the same inputs.
@@ -195,6 +336,8 @@ class CTEvaluation:
         ssim_window: 3D SSIM window (voxels); protocol_size: grid of the biplanar protocol metrics.
         figures: also write ``metrics.csv``, ``metrics_summary.png`` and a truth/generated/error figure per case
             (:mod:`.report`).
+        label_names: name -> id of the label maps (default the phantoms' :data:`~scripts.data.PHANTOM_LABELS`).
+        anatomy_groups: group -> ``fnmatch`` patterns of label names (default :data:`ANATOMY_GROUPS`).
     """
 
     def __init__(
@@ -206,6 +349,8 @@ class CTEvaluation:
         ssim_window: int = 7,
         protocol_size: int = 128,
         figures: bool = True,
+        label_names: Mapping[str, int] | None = None,
+        anatomy_groups: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.composer, self.hu_window = composer, tuple(map(float, hu_window))
         self.baselines = {name: Path(path) for name, path in (baselines or {}).items()}
@@ -216,14 +361,35 @@ class CTEvaluation:
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.figures = bool(figures)
         self._slices: dict[str, dict] = {}
+        self.label_names = dict(PHANTOM_LABELS if label_names is None else label_names)
+        groups = ANATOMY_GROUPS if anatomy_groups is None else anatomy_groups
+        self.anatomy_groups = {str(g): tuple(p) for g, p in groups.items()}
 
-    def _score(self, hu, target, views, mask, body, drr_errors: Mapping | None = None) -> dict:
+    def _score(self, hu, target, views, mask, body, seconds, drr_errors: Mapping | None = None, labels=None) -> dict:
         scores = volume_metrics(hu, target, self.hu_window, self.ssim_window)
         scores.update(x2ct_metrics(hu, target, self.protocol_size))
         errors = drr_errors if drr_errors is not None else drr_consistency(self.composer, hu, views, mask)[1]
         scores["drr_error"] = float(np.mean(list(errors.values())))
+        scores["seconds"] = math.nan if seconds is None else float(seconds)
         scores["tissue"] = tissue_metrics(hu, target, self.hu_window, body)
+        if labels is not None:
+            scores.update(anatomy_metrics(hu, target, self.hu_window, labels, self.label_names, self.anatomy_groups))
         return scores
+
+    def _labels(self, data: Mapping, shape: Sequence[int]) -> torch.Tensor | None:
+        """The case's label map on the evaluated grid ``shape`` (nearest neighbour), or ``None`` without one."""
+        source = data.get(LABEL_KEY)
+        if source is None:
+            return None
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                source = LoadImage(image_only=True, ensure_channel_first=True)(source)
+            except Exception as err:  # the reader's own message rarely names the file
+                raise ValueError(f"{LABEL_KEY}: {source} is not a readable label map ({err}).") from None
+        labels = label_on_grid(source, data["ct"]).as_tensor()  # (1, X, Y, Z) ids on the preprocessed CT's grid
+        if tuple(labels.shape[1:]) != tuple(shape):  # like the target's resizing, but ids are picked, not averaged
+            labels = F.interpolate(labels[None], size=tuple(shape), mode="nearest-exact")[0]
+        return labels
 
     def _network(self, name: str, device) -> torch.nn.Module:
         """The baseline ``name``, built from its checkpoint's model config and loaded (once)."""
@@ -242,19 +408,30 @@ class CTEvaluation:
             self._networks[name] = network.to(device).eval()
         return self._networks[name]
 
-    def _baseline(self, name: str, views: torch.Tensor, mask: torch.Tensor, device, like):
+    def _baseline(self, name: str, views: torch.Tensor, mask: torch.Tensor, device, like) -> tuple[torch.Tensor, float]:
+        """The baseline's CT in HU on the model output's grid and affine, and the seconds its generation took."""
         network = self._network(name, device)
+        start = time.perf_counter()
         out = self.inferer(views[None].to(device), network, view_mask=mask[None].to(device))[0, :1].cpu()
+        seconds = time.perf_counter() - start  # .cpu() waits for the device
         if tuple(out.shape[1:]) != tuple(like.shape[1:]):
             out = F.interpolate(out[None], size=tuple(like.shape[1:]), mode="trilinear", align_corners=False)[0]
-        return like.clone().copy_(ct_scale_to_hu(out, self.hu_window))  # keeps the model output's affine
+        return like.clone().copy_(ct_scale_to_hu(out, self.hu_window)), seconds
 
     def __call__(
-        self, name: str, data: Mapping, hu, device, model_drr_errors: Mapping | None = None, std=None
+        self,
+        name: str,
+        data: Mapping,
+        hu,
+        device,
+        model_drr_errors: Mapping | None = None,
+        std=None,
+        model_seconds: float | None = None,
     ) -> dict[str, dict]:
         """Scores of every method for one case; ``model_drr_errors``: the model CT's per-view DRR errors when the
         caller has already rendered them (the inference workflow has, for its JSON); ``std``: the model's per-voxel
-        standard deviation over its samples (HU, like ``hu``), scored for calibration."""
+        standard deviation over its samples (HU, like ``hu``), scored for calibration; ``model_seconds``: the time
+        the model took to generate ``hu`` (``None``: not known, ``seconds`` reads null)."""
         if "ct" not in data:
             raise ValueError("evaluation needs a CT input ('image') to compare with; this case has only radiographs.")
         target = torch.as_tensor(data["ct"]).float()
@@ -263,14 +440,18 @@ class CTEvaluation:
         views = torch.nan_to_num(torch.as_tensor(data["image"]).float(), nan=-1.0)
         mask = torch.as_tensor(data["image_mask"]).bool()
         low, high = self.hu_window
+        start = time.perf_counter()
         constant = hu.clone().fill_(float(target.clamp(low, high).mean()))
-        methods = {"model": hu, "best_constant": constant}
+        methods = {"model": (hu, model_seconds), "best_constant": (constant, time.perf_counter() - start)}
         for baseline in self.baselines:
             methods[baseline] = self._baseline(baseline, views, mask, device, hu)
         body = _body(target[0], voxel_spacing(hu))
+        labels = self._labels(data, hu.shape[1:])
         scores = {
-            method: self._score(volume, target, views, mask, body, model_drr_errors if method == "model" else None)
-            for method, volume in methods.items()
+            method: self._score(
+                volume, target, views, mask, body, seconds, model_drr_errors if method == "model" else None, labels
+            )
+            for method, (volume, seconds) in methods.items()
         }
         if std is not None:
             scores["model"]["uncertainty"] = uncertainty_calibration(hu, std, target, self.hu_window, body)
@@ -283,17 +464,21 @@ class CTEvaluation:
         """Write ``output_dir/metrics.json`` (per case, mean per method, failures, definitions) and, with ``figures``,
         the CSV, the summary plot and the per-case figures; returns the JSON's path."""
         methods = sorted({m for case in self.results.values() for m in case}, key=lambda m: (m != "model", m))
-        mean = {
-            m: {k: float(np.mean([c[m][k] for c in self.results.values() if m in c])) for k in METRICS} for m in methods
-        }
-        for m in methods:  # tissue errors: the mean over the cases that have the tissue
-            mean[m]["tissue"] = {
-                t: {
-                    k: float(np.nanmean([c[m]["tissue"][t][k] for c in self.results.values() if m in c]))
-                    for k in ("mae_hu", "bias_hu")
+        cases = self.results.values()
+        mean = {m: {k: _mean([c[m][k] for c in cases if m in c]) for k in METRICS} for m in methods}
+        for m in methods:  # tissue, anatomy and label errors: the mean over the cases that have them
+            mean[m]["tissue"] = {t: _mean_errors([c[m]["tissue"][t] for c in cases if m in c]) for t in TISSUES}
+            labelled = [c[m] for c in cases if m in c and "anatomy" in c[m]]
+            if labelled:
+                mean[m]["anatomy"] = {g: _mean_errors([c["anatomy"][g] for c in labelled]) for g in self.anatomy_groups}
+                found = {}
+                for c in labelled:
+                    for label, entry in c["anatomy_labels"].items():
+                        found.setdefault(label, []).append(entry)
+                mean[m]["anatomy_labels"] = {
+                    label: {"id": found[label][0]["id"], **_mean_errors(found[label])}
+                    for label in sorted(found, key=lambda label: found[label][0]["id"])
                 }
-                for t in TISSUES
-            }
         rs = [c["model"]["uncertainty"]["std_error_r"] for c in self.results.values() if "uncertainty" in c["model"]]
         if rs:
             mean["model"]["uncertainty"] = {"std_error_r": float(np.nanmean(rs)), "cases": len(rs)}
@@ -308,10 +493,10 @@ class CTEvaluation:
             .replace("\n  ", " "),
         }
         path = Path(output_dir) / "metrics.json"
-        text = json.dumps(_json_safe(content), indent=2, allow_nan=False)
+        text = _dumps(_json_safe(content))
         atomic_write(path, lambda p: Path(p).write_text(text), overwrite=True)
         if self.figures and self.results:
-            write_metrics_csv(Path(output_dir) / "metrics.csv", self.results)
+            write_metrics_csv(Path(output_dir) / "metrics.csv", self.results, METRICS, TISSUES, self.anatomy_groups)
             save_summary_plot(Path(output_dir) / "metrics_summary.png", self.results)
             for name, slices in self._slices.items():
                 save_case_figure(Path(output_dir) / name / f"{name}_evaluation.png", slices)

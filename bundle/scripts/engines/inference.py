@@ -100,8 +100,8 @@ class CTInferenceWorkflow:
         output_dir: where the results go; device: where the network runs.
         write_dicom: also write a DICOM series; save_preview: write the PNG.
         names_from_files: name outputs after input file stems instead of ``case_<index>`` when no ``name`` is given.
-        evaluation: an optional per-case hook ``evaluation(name, data, ct_hu, device)`` (``CTEvaluation``) whose
-            ``finish(report)`` is called at the end.
+        evaluation: an optional per-case hook ``evaluation(name, data, ct_hu, device, ...)`` (``CTEvaluation``; it
+            also gets the DRR errors, the std and the sampler's seconds) whose ``finish(report)`` is called at the end.
     """
 
     def __init__(
@@ -173,8 +173,11 @@ class CTInferenceWorkflow:
         start = time.perf_counter()
         data = self.preprocessing(dict(case))
         views, mask = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["image_mask"]).bool()
+        generation = time.perf_counter()
         out = self.inferer(views[None].to(self.device), self.network, view_mask=mask[None].to(self.device))
         data["pred"] = out[0].cpu()
+        generation = time.perf_counter() - generation  # the sampler alone (.cpu() waits for the device): the
+        # evaluation compares it with each baseline's forward pass; `seconds` below is the whole case
         data = self.postprocessing(data)
         seconds = time.perf_counter() - start
         hu, std = data["pred"], data["pred_std"]
@@ -208,7 +211,13 @@ class CTInferenceWorkflow:
         }
         if self.evaluation is not None:
             summary["metrics"] = self.evaluation(
-                name, data, hu, self.device, model_drr_errors=errors, std=std if samples > 1 else None
+                name,
+                data,
+                hu,
+                self.device,
+                model_drr_errors=errors,
+                std=std if samples > 1 else None,
+                model_seconds=generation,
             )
         text = json.dumps(summary, indent=2)
         atomic_write(targets["json"], lambda p: Path(p).write_text(text), self.overwrite)

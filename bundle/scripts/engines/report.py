@@ -1,7 +1,8 @@
 """Evaluation outputs a researcher reads besides ``metrics.json``: a CSV, a summary plot and per-case figures.
 
-* ``metrics.csv`` — one row per case and method: the volume metrics, the DRR error, the biplanar protocol's and the
-  per-tissue MAE / bias (HU), so the numbers open in a spreadsheet or pandas without parsing JSON.
+* ``metrics.csv`` — one row per case and method: the volume metrics, the DRR error, the biplanar protocol's, the
+  generation time, the per-tissue and the per-anatomical-group MAE / bias (HU; ``anatomy_<group>_...``, empty
+  without a label map), so the numbers open in a spreadsheet or pandas without parsing JSON.
 * ``metrics_summary.png`` — per-case PSNR and SSIM, one colour per method, cases along x: who wins where, at a glance.
 * ``<case>/<case>_evaluation.png`` — truth, generated and |error| in the three orthogonal planes through the centre
   (display conventions of :mod:`.preview`; CT in the chest window −1000..1000 HU, error 0..500 HU).
@@ -23,27 +24,39 @@ from PIL import Image, ImageDraw
 from ..utils import atomic_write
 from .preview import WINDOW_HU, grey_tile, orthogonal_slices
 
-__all__ = ["CSV_COLUMNS", "save_case_figure", "save_summary_plot", "write_metrics_csv"]
+__all__ = ["csv_columns", "save_case_figure", "save_summary_plot", "write_metrics_csv"]
 
-_SCALARS = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim")
-_TISSUES = ("lung", "fat", "soft_tissue", "bone")
-#: Columns of metrics.csv, in order.
-CSV_COLUMNS = ("case", "method", *_SCALARS, *(f"{t}_{k}" for t in _TISSUES for k in ("mae_hu", "bias_hu")))
+_ERRORS = ("mae_hu", "bias_hu")
 #: Method colours (RGB) of the summary plot, in the order methods are listed; more methods cycle.
 _COLOURS = ((230, 85, 13), (120, 120, 120), (49, 130, 189), (116, 196, 118), (158, 154, 200))
 ERROR_WINDOW_HU = (0.0, 500.0)
 
 
-def write_metrics_csv(path: str | os.PathLike, per_case: Mapping[str, Mapping[str, Mapping]]) -> None:
-    """``per_case[case][method]`` scores -> ``path`` (atomic); empty cells where a value is missing."""
+def csv_columns(scalars: Sequence[str], tissues: Sequence[str], groups: Sequence[str]) -> tuple[str, ...]:
+    """The header of metrics.csv: case, method, the scalar metrics, ``<tissue>_mae_hu``/``_bias_hu`` per tissue, then
+    ``anatomy_<group>_mae_hu``/``_bias_hu`` per anatomical group."""
+    tissue = [f"{t}_{k}" for t in tissues for k in _ERRORS]
+    return ("case", "method", *scalars, *tissue, *(f"anatomy_{g}_{k}" for g in groups for k in _ERRORS))
+
+
+def write_metrics_csv(
+    path: str | os.PathLike,
+    per_case: Mapping[str, Mapping[str, Mapping]],
+    scalars: Sequence[str],
+    tissues: Sequence[str],
+    groups: Sequence[str],
+) -> None:
+    """``per_case[case][method]`` scores -> ``path`` (atomic, columns :func:`csv_columns`); empty cells where a value
+    is missing (a case without a label map has no anatomy)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(csv_columns(scalars, tissues, groups))
     for case, methods in per_case.items():
         for method, scores in methods.items():
-            tissue = scores.get("tissue", {})
-            row = [case, method, *(_cell(scores.get(k)) for k in _SCALARS)]
-            row += [_cell(tissue.get(t, {}).get(k)) for t in _TISSUES for k in ("mae_hu", "bias_hu")]
+            tissue, anatomy = scores.get("tissue", {}), scores.get("anatomy", {})
+            row = [case, method, *(_cell(scores.get(k)) for k in scalars)]
+            row += [_cell(tissue.get(t, {}).get(k)) for t in tissues for k in _ERRORS]
+            row += [_cell(anatomy.get(g, {}).get(k)) for g in groups for k in _ERRORS]
             writer.writerow(row)
     text = buffer.getvalue()
     atomic_write(Path(path), lambda p: Path(p).write_text(text), overwrite=True)
