@@ -56,7 +56,7 @@ from monai.transforms import LoadImage
 from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
 from ..data import LABEL_KEY, PHANTOM_LABELS, body_mask, label_on_grid, voxel_spacing
 from ..physics import ct_scale_to_hu
-from ..utils import atomic_write
+from ..utils import atomic_write, flag
 from .report import case_slices, csv_columns, save_case_figure, save_summary_plot, write_metrics_csv
 from .sampler import CTInferer, RegressionInferer
 
@@ -359,7 +359,7 @@ class CTEvaluation:
         self.inferer = CTInferer(RegressionInferer())
         self.ssim_window, self.protocol_size = int(ssim_window), int(protocol_size)
         self.results: dict[str, dict[str, dict[str, float]]] = {}
-        self.figures = bool(figures)
+        self.figures = flag(figures, "evaluation_figures")
         self._slices: dict[str, dict] = {}
         self.label_names = dict(PHANTOM_LABELS if label_names is None else label_names)
         groups = ANATOMY_GROUPS if anatomy_groups is None else anatomy_groups
