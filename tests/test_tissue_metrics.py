@@ -218,3 +218,18 @@ def test_evaluation_with_and_without_a_label_map(tmp_path):
     assert tuple(next(iter(rows.values()))) == CSV_COLUMNS
     assert float(rows["labelled", "model"]["anatomy_spine_mae_hu"]) == 10.0
     assert rows["real_ct", "model"]["anatomy_spine_mae_hu"] == "" and float(rows["real_ct", "model"]["seconds"]) == 1.5
+
+
+def test_calibration_plot_puts_each_bin_where_its_numbers_say(tmp_path):
+    from PIL import Image
+    from scripts.engines.report import _COLOURS, save_calibration_plot
+
+    bins = [{"mean_std_hu": 50.0 * k, "mean_abs_error_hu": 40.0 * k} for k in range(1, 5)]  # up to 200 HU
+    path = tmp_path / "calibration.png"
+    save_calibration_plot(path, {"case_0000": {"calibration": bins, "ideal_slope": math.sqrt(2 / math.pi)}})
+    image = Image.open(path).convert("RGB")
+    assert image.size == (520, 420)
+    # Axes span 0..1.05 x 200 HU inside the box (60, 30)-(500, 370): the bin (100, 80) HU lands at pixel (269.5, 240.5).
+    top = 200.0 * 1.05
+    x, y = 60 + 100.0 / top * 440, 370 - 80.0 / top * 340
+    assert image.getpixel((round(x), round(y))) == _COLOURS[0]

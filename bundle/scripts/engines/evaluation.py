@@ -57,7 +57,14 @@ from ..checkpoint import build_network, check_model_config, load_network_weights
 from ..data import LABEL_KEY, PHANTOM_LABELS, body_mask, label_on_grid, voxel_spacing
 from ..physics import ct_scale_to_hu
 from ..utils import atomic_write, flag
-from .report import case_slices, csv_columns, save_case_figure, save_summary_plot, write_metrics_csv
+from .report import (
+    case_slices,
+    csv_columns,
+    save_calibration_plot,
+    save_case_figure,
+    save_summary_plot,
+    write_metrics_csv,
+)
 from .sampler import CTInferer, RegressionInferer
 
 __all__ = [
@@ -498,6 +505,9 @@ class CTEvaluation:
         if self.figures and self.results:
             write_metrics_csv(Path(output_dir) / "metrics.csv", self.results, METRICS, TISSUES, self.anatomy_groups)
             save_summary_plot(Path(output_dir) / "metrics_summary.png", self.results)
+            curves = {n: c["model"]["uncertainty"] for n, c in self.results.items() if "uncertainty" in c["model"]}
+            if curves:
+                save_calibration_plot(Path(output_dir) / "uncertainty_calibration.png", curves)
             for name, slices in self._slices.items():
                 save_case_figure(Path(output_dir) / name / f"{name}_evaluation.png", slices)
         return str(path)

@@ -6,6 +6,9 @@
 * ``metrics_summary.png`` — per-case PSNR and SSIM, one colour per method, cases along x: who wins where, at a glance.
 * ``<case>/<case>_evaluation.png`` — truth, generated and |error| in the three orthogonal planes through the centre
   (display conventions of :mod:`.preview`; CT in the chest window −1000..1000 HU, error 0..500 HU).
+* ``uncertainty_calibration.png`` (``num_samples`` > 1) — does the uncertainty map predict the error: per case, the
+  mean |error| of the mean CT against the mean per-voxel std in ten equally populated std bins, with the line a
+  calibrated Gaussian prediction follows (mean |error| = √(2/π)·std).
 
 Drawn with Pillow (a dependency already), so evaluation needs no plotting library.
 """
@@ -24,7 +27,7 @@ from PIL import Image, ImageDraw
 from ..utils import atomic_write
 from .preview import WINDOW_HU, grey_tile, orthogonal_slices
 
-__all__ = ["csv_columns", "save_case_figure", "save_summary_plot", "write_metrics_csv"]
+__all__ = ["csv_columns", "save_calibration_plot", "save_case_figure", "save_summary_plot", "write_metrics_csv"]
 
 _ERRORS = ("mae_hu", "bias_hu")
 #: Method colours (RGB) of the summary plot, in the order methods are listed; more methods cycle.
@@ -108,6 +111,55 @@ def save_summary_plot(
             ly = y0 + top + 14 * j
             draw.rectangle((width - right + 10, ly, width - right + 20, ly + 10), fill=_COLOURS[j % len(_COLOURS)])
             draw.text((width - right + 26, ly), method, fill=(0, 0, 0))
+    atomic_write(Path(path), lambda f: image.save(f, format="PNG"), overwrite=True)
+
+
+def save_calibration_plot(
+    path: str | os.PathLike, curves: Mapping[str, Mapping], size: tuple[int, int] = (520, 420)
+) -> None:
+    """Mean |error| (HU, y) against mean std (HU, x) per std bin, a polyline per case, and the calibrated line
+    ``y = √(2/π)·x`` (dashed); both axes from 0 to the largest value plotted (atomic PNG).
+
+    Args:
+        path: the PNG.
+        curves: case name -> its ``uncertainty`` entry of ``metrics.json`` (``calibration``: bins with
+            ``mean_std_hu`` and ``mean_abs_error_hu``; ``ideal_slope``).
+    """
+    width, height = size
+    left, right, top, bottom = 60, 20, 30, 50
+    points = {
+        case: [(b["mean_std_hu"], b["mean_abs_error_hu"]) for b in entry["calibration"]]
+        for case, entry in curves.items()
+    }
+    slope = float(next(iter(curves.values()))["ideal_slope"]) if curves else float(np.sqrt(2.0 / np.pi))
+    top_value = max([max(x, y) for pts in points.values() for x, y in pts] + [1.0]) * 1.05
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    box = (left, top, width - right, height - bottom)
+    draw.rectangle(box, outline=(0, 0, 0))
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return box[0] + x / top_value * (box[2] - box[0]), box[3] - y / top_value * (box[3] - box[1])
+
+    for frac in (0.0, 0.5, 1.0):
+        x, y = xy(frac * top_value, frac * top_value)
+        draw.text((x - 12, box[3] + 6), f"{frac * top_value:.0f}", fill=(0, 0, 0))
+        draw.text((4, y - 6), f"{frac * top_value:.0f}", fill=(0, 0, 0))
+    draw.text((box[0] + 40, height - 20), "mean per-voxel std of the samples (HU)", fill=(0, 0, 0))
+    draw.text((4, 8), "mean |error| of the mean CT (HU), per std bin; dashed: calibrated", fill=(0, 0, 0))
+    for k in range(20):  # the calibrated line, dashed
+        a, b = (
+            xy(top_value * k / 20, slope * top_value * k / 20),
+            xy(top_value * (k + 0.5) / 20, slope * top_value * (k + 0.5) / 20),
+        )
+        draw.line((*a, *b), fill=(0, 0, 0), width=1)
+    for j, pts in enumerate(points.values()):
+        colour = _COLOURS[j % len(_COLOURS)]
+        line = [xy(x, y) for x, y in pts]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for x, y in line:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
     atomic_write(Path(path), lambda f: image.save(f, format="PNG"), overwrite=True)
 
 
