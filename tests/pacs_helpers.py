@@ -184,9 +184,14 @@ class FakeDicomWeb:
         url = urlsplit(handler.path)
         parts = url.path.removeprefix("/dicom-web/").split("/")
         query = parse_qs(url.query)
-        if len(parts) == 3 and parts[0] == "studies" and parts[2] == "series":
+        if (len(parts) == 3 and parts[0] == "studies" and parts[2] == "series") or parts == ["series"]:
+            # A study's series, or the series matching ?SeriesInstanceUID= across studies (QIDO-RS at the series level).
+            wanted = query.get("SeriesInstanceUID")
             series = {}
-            for h in self.headers_of(parts[1]):
+            found = self.headers_of(parts[1]) if len(parts) == 3 else map(header, self.instances.values())
+            for h in found:
+                if wanted and h.SeriesInstanceUID not in wanted:
+                    continue
                 series[h.SeriesInstanceUID] = {
                     "0020000D": {"vr": "UI", "Value": [h.StudyInstanceUID]},
                     "0020000E": {"vr": "UI", "Value": [h.SeriesInstanceUID]},
