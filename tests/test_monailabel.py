@@ -428,3 +428,24 @@ def test_bundle_infer_task_end_to_end(tmp_path):
     client = served["python_client"]
     assert client["ct_asked_uint16"]["dtype"] == "int16" and "uint16" in client["ct_asked_uint16"]["note"]
     assert "result_dtype" in client["refused"]
+
+
+@pytest.mark.skipif(
+    os.environ.get("XRAY2CT_MONAILABEL") != "1" or os.environ.get("XRAY2CT_ORTHANC") != "1",
+    reason="opt-in: MONAI Label's environment and Orthanc with its DICOMweb plugin; set XRAY2CT_MONAILABEL=1 and "
+    "XRAY2CT_ORTHANC=1",
+)
+def test_monai_label_over_orthanc(tmp_path):
+    """`monailabel start_server --studies <Orthanc>/dicom-web`: inference for the PA series of a DX study stores the
+    CT back into the study as a synthetic CT series, equal in HU and geometry to the CT the server returned."""
+    env = dict(os.environ, BUNDLE_PYTHON=sys.executable, MONAILABEL_WORKDIR=str(tmp_path))
+    result = subprocess.run(["bash", str(RUN), "--orthanc"], env=env, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, f"run.sh failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    report = json.loads((tmp_path / "orthanc_report.json").read_text())
+    assert report["datastore"]["total"] == 2  # the two DX series, not MONAI Label's default CT listing
+    ct = report["ct_from_pa_series"]
+    assert ct["instances"] == 64 and ct["shape"] == [64, 64, 64] and ct["spacing_mm"] == [5.0, 5.0, 5.0]
+    assert ct["max_abs_hu_difference"] == 0.0 and ct["max_abs_affine_difference_mm"] < 1e-3
+    assert ct["stored"]["id"] == ct["stored"]["series_instance_uid"]
+    assert report["tissue_from_lateral_series"]["series"] != ct["stored"]["id"]
+    assert "image" in report["refused"] and "Status: 400" in report["refused"]
