@@ -248,7 +248,8 @@ class XrayToCTApp(MONAILabelApp):
 
     def _pacs_inputs(self, request: dict, folder: str):
         """The radiographs of the series ``request["image"]`` names and of its study (lib/dicomweb.py), in ``folder``;
-        a request that cannot be served that way is refused with HTTP 400, before any inference."""
+        a request that cannot be served that way is refused with HTTP 400 (502 when the PACS fails), before any
+        inference."""
         path, views = self._inputs_of[request["model"]]
         dicomweb = _import_from_bundle(path, "lib.dicomweb")
         requested = {v: request.get(f"{v}_instance") for v in views}
@@ -256,7 +257,9 @@ class XrayToCTApp(MONAILabelApp):
             return dicomweb.fetch_inputs(
                 dicomweb.DicomWebClient(self.studies), request["image"], views, folder, requested
             )
-        except ValueError as error:  # also DicomWebError: an unreachable PACS, a refused query
+        except dicomweb.DicomWebError as error:  # the PACS is unreachable or failed a request: not the client's error
+            raise HTTPException(status_code=502, detail=f"model {request.get('model')!r}: {error}") from None
+        except ValueError as error:  # the request names no usable series, or a choice of views that is refused
             raise HTTPException(status_code=400, detail=f"model {request.get('model')!r}: {error}") from None
 
     def _store_in_pacs(self, inputs, ct_file: str | None, model: str, stack: contextlib.ExitStack) -> dict:

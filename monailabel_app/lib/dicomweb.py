@@ -39,11 +39,18 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from scripts.data import SYNTHETIC_SERIES_DESCRIPTION, DicomWebClient, check_uid, header_view, load_ct
+from scripts.data import (
+    SYNTHETIC_SERIES_DESCRIPTION,
+    DicomWebClient,
+    DicomWebError,
+    check_uid,
+    header_view,
+    load_ct,
+)
 from scripts.data import write_ct_dicom_series as _write_series
 from scripts.engines.pacs import choose_views, query_radiographs, retrieve_instance, store_series
 
-__all__ = ["StudyInputs", "fetch_inputs", "series_study", "store_ct"]
+__all__ = ["DicomWebClient", "DicomWebError", "StudyInputs", "fetch_inputs", "series_study", "store_ct"]
 
 
 @dataclass
