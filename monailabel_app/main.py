@@ -16,6 +16,15 @@ the folder's name); a relative path is taken from the working directory, else fr
   with the label map as that image's ``original`` label, so that a client opens the CT as a volume with the tissue
   segmentation on it. Run on such a stored synthetic CT, it labels that CT instead of generating another.
 
+Over a PACS (``--studies http://host/dicom-web``, MONAI Label's DICOMweb datastore): the datastore lists DX series
+(``--conf dicomweb_modality``, default DX, in place of MONAI Label's default ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``
+``{"Modality": "CT"}``; any other filter is kept), an
+image id is a series, and a request for it runs on that series and the other view of its study, retrieved over WADO-RS
+(``lib/dicomweb.py``; ``pa_instance`` / ``lateral_instance`` in the params choose by SOPInstanceUID). Both models then
+store the CT in that study as a new synthetic CT series over STOW-RS (``store_ct``, default true; the result's
+``synthetic_ct`` names the series, ``dicomweb`` the inputs used). The tissue label map is returned only, never
+uploaded as DICOM SEG (MONAI Label's SEG would reference the radiograph series, whose geometry is not the CT's).
+
 Strategies: ``random`` picks an unlabelled input image (never a stored synthetic CT), ``synthetic_ct`` the synthetic
 CT stored last (3D Slicer: "Next Sample" with it loads the CT volume and its tissue segmentation).
 
@@ -29,15 +38,21 @@ naming the key, before any work.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import os
 import random
+import sys
+import tempfile
 
 from fastapi import HTTPException
 from lib.infers import TissueInferTask, XrayToCTInferTask
 from lib.results import RequestRefused
 from lib.tissue import label_info, label_names
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -51,6 +66,9 @@ SYNTHETIC_SUFFIX = "_synthetic_ct"
 SOURCE_KEY = "synthetic_ct_of"
 #: The bundle served when --conf models is not given: this repository's, next to the app folder.
 DEFAULT_MODELS = "xray2ct=../bundle"
+#: What a DICOMweb datastore lists in place of MONAI Label's default filter (CT series): radiograph series, the inputs.
+RADIOGRAPH_SEARCH_FILTER = {"Modality": "DX"}
+MONAI_LABEL_SEARCH_FILTER = {"Modality": "CT"}
 
 
 def _bundle_paths(spec: str, app_dir: str) -> dict[str, str]:
@@ -77,6 +95,30 @@ def _bundle_version(path: str) -> str:
         return "unknown"
     with open(metadata) as file:
         return str(json.load(file).get("version", "unknown"))
+
+
+def _import_from_bundle(path: str, module: str):
+    """``module``, imported with the bundle folder first on ``sys.path`` (as BundleInferTask imports the bundle's
+    ``scripts`` package), for app code that uses the bundle's own DICOM and DICOMweb helpers."""
+    sys.path.insert(0, path)
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(path)
+
+
+def _flag(value: object, default: bool = True) -> bool:
+    """A request's yes/no option as clients send it (a bool, or a string such as "false")."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no")
+    return bool(value)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def _is_synthetic(datastore: Datastore, image_id: str) -> bool:
@@ -111,6 +153,7 @@ class XrayToCTApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.bundles = _bundle_paths(conf.get("models", DEFAULT_MODELS), app_dir)
+        self._inputs_of: dict[str, tuple[str, list[str]]] = {}  # model -> (bundle folder, the views it takes)
         if not self.bundles:
             raise ValueError("no bundle given: start the server with --conf models <bundle folder>[,<another>].")
         super().__init__(
@@ -138,7 +181,27 @@ class XrayToCTApp(MONAILabelApp):
             logger.info("+++ Adding inferers: %s (CT), %s_tissue (tissue label map) => %s", name, name, path)
             infers[name] = ct
             infers[f"{name}_tissue"] = tissue
+            checkpoint = _import_from_bundle(path, "scripts.checkpoint")
+            views = checkpoint.read_model_config(os.path.join(path, "models", "model.pt"))["geometry"]["views"]
+            self._inputs_of[name] = self._inputs_of[f"{name}_tissue"] = (path, [str(v) for v in views])
         return infers
+
+    def init_remote_datastore(self) -> Datastore:
+        # MONAI Label lists CT series by default; this app's inputs are radiographs, so its default filter is replaced
+        # (by --conf dicomweb_modality, default DX); any other filter the user set is kept. (start_server exports every
+        # setting to the environment, so whether the user set it cannot be told from there.)
+        if settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER == MONAI_LABEL_SEARCH_FILTER:
+            modality = self.conf.get("dicomweb_modality", RADIOGRAPH_SEARCH_FILTER["Modality"])
+            settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER = {"Modality": str(modality).upper()}
+        return super().init_remote_datastore()
+
+    def _download_dcmqi_tools(self) -> None:
+        # MONAI Label fetches dcmqi from GitHub when a DICOMweb datastore starts, for DICOM SEG uploads of final
+        # labels. This app writes no SEG, so a server without internet access (a hospital network) still starts.
+        try:
+            super()._download_dcmqi_tools()
+        except Exception as error:
+            logger.warning("dcmqi not downloaded (%s): DICOM SEG uploads of final labels will not work", error)
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": SourceImageRandom(), "synthetic_ct": LatestSyntheticCT()}
@@ -149,21 +212,70 @@ class XrayToCTApp(MONAILabelApp):
         request = dict(request)
         image_id = request.get("image")
         from_datastore = isinstance(image_id, str) and bool(image_id) and not os.path.exists(image_id)
-        if isinstance(task, TissueInferTask):
-            request["synthetic_ct_input"] = from_datastore and _is_synthetic(datastore, image_id)
-        elif isinstance(task, XrayToCTInferTask):
-            request["save_label"] = False  # the CT is an image, never a label of its input
-        try:
-            result = super().infer(request, datastore)
-        except RequestRefused as error:  # raised by the task before any work (its checked_request)
-            raise HTTPException(status_code=400, detail=f"model {request.get('model')!r}: {error}") from None
-        params = result.get("params") or {}
-        ct_file = params.pop("synthetic_ct_file", None)
-        if ct_file:
-            params["synthetic_ct"] = self._store_ct(
-                datastore, image_id if from_datastore else None, ct_file, result.get("file"), request["model"]
-            )
+        pacs = from_datastore and isinstance(datastore, DICOMWebDatastore) and isinstance(task, XrayToCTInferTask)
+        with contextlib.ExitStack() as stack:
+            inputs = None
+            try:  # RequestRefused: raised by the task's checked_request, before any work
+                if pacs:  # the series' radiograph pair, retrieved for this request only (it identifies the patient)
+                    task.checked_request(request)  # a bad request is refused before any PACS traffic
+                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="xray2ct-dicomweb-"))
+                    inputs = self._pacs_inputs(request, folder)
+                    request.update(inputs.files)
+                    request["image"] = next(iter(inputs.files.values()))  # a path: MONAI Label fetches nothing
+                if isinstance(task, TissueInferTask):
+                    request["synthetic_ct_input"] = from_datastore and not pacs and _is_synthetic(datastore, image_id)
+                elif isinstance(task, XrayToCTInferTask):
+                    request["save_label"] = False  # the CT is an image, never a label of its input
+                result = super().infer(request, datastore)
+            except RequestRefused as error:
+                raise HTTPException(status_code=400, detail=f"model {request.get('model')!r}: {error}") from None
+            params = result.get("params") or {}
+            ct_file = params.pop("synthetic_ct_file", None)
+            if inputs is not None:
+                params["dicomweb"] = inputs.record
+                if ct_file:  # the tissue model's CT beside its label map: removed once stored
+                    stack.callback(_remove, ct_file)
+                elif not isinstance(task, TissueInferTask) and _flag(
+                    request.get("store_ct", self.conf.get("store_ct"))
+                ):
+                    ct_file = result.get("file")  # the CT model's result, which the client also receives
+                params["synthetic_ct"] = self._store_in_pacs(inputs, ct_file, request["model"], stack)
+            elif ct_file:
+                params["synthetic_ct"] = self._store_ct(
+                    datastore, image_id if from_datastore else None, ct_file, result.get("file"), request["model"]
+                )
         return result
+
+    def _pacs_inputs(self, request: dict, folder: str):
+        """The radiographs of the series ``request["image"]`` names and of its study (lib/dicomweb.py), in ``folder``;
+        a request that cannot be served that way is refused with HTTP 400 (502 when the PACS fails), before any
+        inference."""
+        path, views = self._inputs_of[request["model"]]
+        dicomweb = _import_from_bundle(path, "lib.dicomweb")
+        requested = {v: request.get(f"{v}_instance") for v in views}
+        try:
+            return dicomweb.fetch_inputs(
+                dicomweb.DicomWebClient(self.studies), request["image"], views, folder, requested
+            )
+        except dicomweb.DicomWebError as error:  # the PACS is unreachable or failed a request: not the client's error
+            raise HTTPException(status_code=502, detail=f"model {request.get('model')!r}: {error}") from None
+        except ValueError as error:  # the request names no usable series, or a choice of views that is refused
+            raise HTTPException(status_code=400, detail=f"model {request.get('model')!r}: {error}") from None
+
+    def _store_in_pacs(self, inputs, ct_file: str | None, model: str, stack: contextlib.ExitStack) -> dict:
+        """STOW-RS of the CT as a new synthetic series of the inputs' study; what the result JSON reports about it."""
+        if not ct_file:
+            return {"id": None, "reason": "store_ct is false"}
+        path, _ = self._inputs_of[model]
+        dicomweb = _import_from_bundle(path, "lib.dicomweb")
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="xray2ct-series-"))
+        try:
+            stored = dicomweb.store_ct(dicomweb.DicomWebClient(self.studies), inputs, ct_file, folder)
+        except Exception as error:  # the CT is still returned to the client; the result says why it is not in the PACS
+            logger.warning("synthetic CT not stored in study %s: %s", inputs.study_uid, error)
+            return {"id": None, "reason": f"not stored: {error}"}
+        logger.info("synthetic CT stored as series %s of study %s", stored["series_instance_uid"], inputs.study_uid)
+        return {"id": stored["series_instance_uid"], **stored}
 
     def _store_ct(self, datastore: Datastore, image_id: str | None, ct_file: str, label_file: str | None, model: str):
         """Add the CT to the datastore as ``<image>_synthetic_ct`` (replacing an earlier one) with the tissue label
@@ -171,7 +283,7 @@ class XrayToCTApp(MONAILabelApp):
         try:
             if image_id is None:
                 return {"id": None, "reason": "the input is not a datastore image (an upload or a path)"}
-            if type(datastore) is not LocalDatastore:  # DICOMweb and others list what their server holds
+            if type(datastore) is not LocalDatastore:  # DSA, XNAT and others list what their server holds
                 return {"id": None, "reason": f"stored in a local datastore only, this is a {type(datastore).__name__}"}
             ct_id = f"{image_id}{SYNTHETIC_SUFFIX}"
             info = {

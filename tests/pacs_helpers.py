@@ -15,11 +15,13 @@ import email.parser
 import email.policy
 import io
 import json
+import os
 import sys
 import threading
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -82,6 +84,32 @@ def dx_study(geometry: ProjectionGeometry, size: int = 32, spacing_mm: float = 1
         ds.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
     return files
+
+
+#: Where Debian's orthanc-dicomweb puts the plugin (XRAY2CT_ORTHANC_PLUGIN overrides).
+ORTHANC_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def orthanc_plugin() -> str | None:
+    """The DICOMweb plugin of an installed Orthanc, or None."""
+    given = os.environ.get("XRAY2CT_ORTHANC_PLUGIN")
+    return given if given else next((p for p in ORTHANC_PLUGINS if os.path.isfile(p)), None)
+
+
+def orthanc_config(folder: str | os.PathLike, port: int, plugin: str) -> dict:
+    """An Orthanc configuration for tests: HTTP on 127.0.0.1:``port`` only (remote access off, no DICOM port, no
+    authentication), storage in ``folder``, the DICOMweb plugin at ``/dicom-web/``."""
+    return {
+        "Name": "xray2ct-test",
+        "StorageDirectory": str(Path(folder) / "storage"),
+        "IndexDirectory": str(Path(folder) / "storage"),
+        "HttpPort": int(port),
+        "RemoteAccessAllowed": False,  # requests from other hosts are refused
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "Plugins": [plugin],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
 
 
 def dicomweb_command() -> list[str]:
@@ -184,9 +212,14 @@ class FakeDicomWeb:
         url = urlsplit(handler.path)
         parts = url.path.removeprefix("/dicom-web/").split("/")
         query = parse_qs(url.query)
-        if len(parts) == 3 and parts[0] == "studies" and parts[2] == "series":
+        if (len(parts) == 3 and parts[0] == "studies" and parts[2] == "series") or parts == ["series"]:
+            # A study's series, or the series matching ?SeriesInstanceUID= across studies (QIDO-RS at the series level).
+            wanted = query.get("SeriesInstanceUID")
             series = {}
-            for h in self.headers_of(parts[1]):
+            found = self.headers_of(parts[1]) if len(parts) == 3 else map(header, self.instances.values())
+            for h in found:
+                if wanted and h.SeriesInstanceUID not in wanted:
+                    continue
                 series[h.SeriesInstanceUID] = {
                     "0020000D": {"vr": "UI", "Value": [h.StudyInstanceUID]},
                     "0020000E": {"vr": "UI", "Value": [h.SeriesInstanceUID]},

@@ -11,6 +11,8 @@ XRAY2CT_MONAILABEL=1 to run it.
 from __future__ import annotations
 
 import ast
+import copy
+import io
 import json
 import os
 import subprocess
@@ -18,10 +20,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
+from pacs_helpers import FakeDicomWeb, check_synthetic_ct_header, dx_study
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from scripts.data import DicomWebClient, load_ct, synthetic_chest_ct, write_nifti
+from scripts.physics import ProjectionGeometry
 
+from monailabel_app.lib.dicomweb import _with_file_format_keyword, fetch_inputs, store_ct
 from monailabel_app.lib.results import (
     CT_DTYPES,
     RequestRefused,
@@ -37,6 +46,8 @@ ROOT = HERE.parent
 APP = ROOT / "monailabel_app"
 RUN = HERE / "monailabel" / "run.sh"
 LUNG, FAT, SOFT, BONE = 1, 2, 3, 4
+#: A small detector for the DICOMweb tests' radiographs (32² pixels of 17.6 mm).
+DX_GEOMETRY = ProjectionGeometry(views=("pa", "lateral"), detector_shape=(32, 32), pixel_spacing_mm=17.6)
 
 
 def test_run_script_is_an_executable_bash_script():
@@ -241,6 +252,142 @@ def test_hu_values_round_and_clamp_never_wrap():
     assert np.array([-1000], dtype=np.int16).astype(np.uint8)[0] == 24  # what never reaches a client
 
 
+# ---- the DICOMweb datastore: a series -> its study's radiograph pair; the CT back as a series (fake server) ---------
+def _dx_pair(**changes) -> list[bytes]:
+    """A PA and a lateral DX of one study (32² detector), the PA's header changed by ``changes`` (None: deleted)."""
+    files = dx_study(DX_GEOMETRY, size=16, spacing_mm=20.0, seed=1003)
+    pa = pydicom.dcmread(io.BytesIO(files[0]))
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(pa, keyword)
+        else:
+            setattr(pa, keyword, value)
+    buffer = io.BytesIO()
+    pa.save_as(buffer, enforce_file_format=True)
+    return [buffer.getvalue(), files[1]]
+
+
+def test_a_request_for_either_series_of_a_pair_gets_both_views(tmp_path):
+    """The image id is one series (what MONAI Label's DICOMweb datastore lists); its study gives the other view, by
+    the headers: the same pair, PA first (the study link), whichever of the two series the request names."""
+    files = _dx_pair()
+    pa, lateral = (pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True) for f in files)
+    with FakeDicomWeb() as server:
+        server.add(*files)
+        client = DicomWebClient(server.url)
+        for k, series in enumerate((pa.SeriesInstanceUID, lateral.SeriesInstanceUID)):
+            folder = tmp_path / str(k)
+            folder.mkdir()
+            inputs = fetch_inputs(client, series, ["pa", "lateral"], folder)
+            assert inputs.study_uid == pa.StudyInstanceUID
+            assert Path(inputs.files["pa"]).read_bytes() == files[0]
+            assert Path(inputs.files["lateral"]).read_bytes() == files[1]
+            assert [h.SOPInstanceUID for h in inputs.headers] == [pa.SOPInstanceUID, lateral.SOPInstanceUID]
+            assert inputs.record["inputs"]["lateral"] == {
+                "series_instance_uid": lateral.SeriesInstanceUID,
+                "sop_instance_uid": lateral.SOPInstanceUID,
+                "view_position": "LL",
+            }
+            assert inputs.record["notes"] == []
+        assert any(r["path"] == f"/dicom-web/series?SeriesInstanceUID={pa.SeriesInstanceUID}" for r in server.requests)
+
+
+def test_a_series_that_states_no_view_is_the_pa_view_and_a_lone_view_is_used_alone(tmp_path):
+    files = _dx_pair(ViewPosition=None, PatientOrientation=None)
+    pa = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    with FakeDicomWeb() as server:
+        server.add(*files)
+        inputs = fetch_inputs(DicomWebClient(server.url), pa.SeriesInstanceUID, ["pa", "lateral"], tmp_path)
+        assert Path(inputs.files["pa"]).read_bytes() == files[0] and "lateral" in inputs.files
+    with FakeDicomWeb() as server:
+        server.add(files[0])  # a study with the PA alone
+        (tmp_path / "alone").mkdir()
+        inputs = fetch_inputs(DicomWebClient(server.url), pa.SeriesInstanceUID, ["pa", "lateral"], tmp_path / "alone")
+        assert list(inputs.files) == ["pa"]
+        assert inputs.record["notes"] == ["no lateral radiograph: the CT is generated from the other view alone"]
+
+
+def test_a_repeat_lateral_is_never_guessed_and_bad_ids_are_refused(tmp_path):
+    files = _dx_pair()
+    pa, lateral = (pydicom.dcmread(io.BytesIO(f)) for f in files)
+    repeat = copy.deepcopy(lateral)
+    repeat.SOPInstanceUID = repeat.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    repeat.save_as(buffer, enforce_file_format=True)
+    with FakeDicomWeb() as server:
+        server.add(*files, buffer.getvalue())
+        client = DicomWebClient(server.url)
+        with pytest.raises(ValueError, match=r"^the study holds 2 lateral radiographs .*--lateral_instance"):
+            fetch_inputs(client, pa.SeriesInstanceUID, ["pa", "lateral"], tmp_path)
+        chosen = {"lateral": repeat.SOPInstanceUID}
+        inputs = fetch_inputs(client, pa.SeriesInstanceUID, ["pa", "lateral"], tmp_path, chosen)
+        assert [h.SOPInstanceUID for h in inputs.headers] == [pa.SOPInstanceUID, repeat.SOPInstanceUID]
+        with pytest.raises(ValueError, match=r"^image: no series 1\.2\.3 at http://127\.0\.0\.1:\d+/dicom-web"):
+            fetch_inputs(client, "1.2.3", ["pa", "lateral"], tmp_path)
+        with pytest.raises(ValueError, match=r"^image: 'phantom_pa' is not a DICOM UID"):
+            fetch_inputs(client, "phantom_pa", ["pa", "lateral"], tmp_path)
+    with FakeDicomWeb() as server:
+        server.add(*files)
+        with pytest.raises(ValueError, match=r"^image: series .* is a lateral radiograph; the model takes \['pa'\]"):
+            fetch_inputs(DicomWebClient(server.url), lateral.SeriesInstanceUID, ["pa"], tmp_path)
+
+
+def test_the_ct_goes_back_to_the_study_as_a_synthetic_series(tmp_path):
+    """The CT file (here NIfTI in LAS, as a client might hold it) becomes a CT series of the radiographs' study,
+    stored with STOW-RS: synthetic header, the PA's patient, both inputs as sources, HU and geometry as the file's."""
+    files = _dx_pair()
+    pa, lateral = (pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True) for f in files)
+    hu, _ = synthetic_chest_ct(16, 20.0, seed=1004)
+    ras = np.round(hu).astype(np.int16)
+    affine = np.diag([-20.0, 20.0, 20.0, 1.0])
+    affine[:3, 3] = [150.0, -150.0, -150.0]
+    write_nifti(tmp_path / "ct.nii.gz", ras[::-1].copy(), affine)  # LAS: x flipped
+    with FakeDicomWeb() as server:
+        server.add(*files)
+        client = DicomWebClient(server.url)
+        (tmp_path / "in").mkdir()
+        inputs = fetch_inputs(client, pa.SeriesInstanceUID, ["pa", "lateral"], tmp_path / "in")
+        stored = store_ct(client, inputs, tmp_path / "ct.nii.gz", tmp_path / "series", instances_per_request=5)
+        assert stored["study_instance_uid"] == pa.StudyInstanceUID and stored["url"] == server.url
+        assert (stored["instances"], stored["requests"]) == (16, 4)
+        series = [
+            h for h in server.headers_of(pa.StudyInstanceUID) if h.SeriesInstanceUID == stored["series_instance_uid"]
+        ]
+        assert len(series) == 16 and stored["series_instance_uid"] not in (
+            pa.SeriesInstanceUID,
+            lateral.SeriesInstanceUID,
+        )
+        folder = tmp_path / "retrieved"
+        folder.mkdir()
+        for h in series:
+            check_synthetic_ct_header(h)
+            assert {r.ReferencedSOPInstanceUID for r in h.SourceImageSequence} == {
+                pa.SOPInstanceUID,
+                lateral.SOPInstanceUID,
+            }
+            (folder / f"{h.SOPInstanceUID}.dcm").write_bytes(server.instances[h.SOPInstanceUID])
+    ct = load_ct(folder)
+    np.testing.assert_array_equal(ct[0].numpy(), ras)
+    expected = np.diag([20.0, 20.0, 20.0, 1.0])
+    expected[:3, 3] = [-150.0, -150.0, -150.0]  # the LAS file's first voxel is the RAS grid's last along x
+    np.testing.assert_allclose(ct.affine.numpy(), expected, atol=1e-4)
+
+
+def test_the_series_writer_runs_under_pydicom_2(tmp_path, monkeypatch):
+    """MONAI Label's environment has pydicom 2, whose save_as knows no enforce_file_format: for the length of the
+    write it is translated to write_like_original=False; pydicom 3 is left as it is."""
+    assert _with_file_format_keyword(len) is len  # this environment's pydicom 3
+    calls = []
+
+    def pydicom2_save_as(self, filename, write_like_original=True):
+        calls.append(write_like_original)
+
+    monkeypatch.setattr(Dataset, "save_as", pydicom2_save_as)
+    write = _with_file_format_keyword(lambda: Dataset().save_as(tmp_path / "x.dcm", enforce_file_format=True))
+    write()
+    assert calls == [False] and Dataset.save_as is pydicom2_save_as
+
+
 @pytest.mark.skipif(
     os.environ.get("XRAY2CT_MONAILABEL") != "1",
     reason="MONAI Label check is opt-in: it installs its own environment (minutes, ~8 GB); set XRAY2CT_MONAILABEL=1",
@@ -281,3 +428,24 @@ def test_bundle_infer_task_end_to_end(tmp_path):
     client = served["python_client"]
     assert client["ct_asked_uint16"]["dtype"] == "int16" and "uint16" in client["ct_asked_uint16"]["note"]
     assert "result_dtype" in client["refused"]
+
+
+@pytest.mark.skipif(
+    os.environ.get("XRAY2CT_MONAILABEL") != "1" or os.environ.get("XRAY2CT_ORTHANC") != "1",
+    reason="opt-in: MONAI Label's environment and Orthanc with its DICOMweb plugin; set XRAY2CT_MONAILABEL=1 and "
+    "XRAY2CT_ORTHANC=1",
+)
+def test_monai_label_over_orthanc(tmp_path):
+    """`monailabel start_server --studies <Orthanc>/dicom-web`: inference for the PA series of a DX study stores the
+    CT back into the study as a synthetic CT series, equal in HU and geometry to the CT the server returned."""
+    env = dict(os.environ, BUNDLE_PYTHON=sys.executable, MONAILABEL_WORKDIR=str(tmp_path))
+    result = subprocess.run(["bash", str(RUN), "--orthanc"], env=env, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, f"run.sh failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    report = json.loads((tmp_path / "orthanc_report.json").read_text())
+    assert report["datastore"]["total"] == 2  # the two DX series, not MONAI Label's default CT listing
+    ct = report["ct_from_pa_series"]
+    assert ct["instances"] == 64 and ct["shape"] == [64, 64, 64] and ct["spacing_mm"] == [5.0, 5.0, 5.0]
+    assert ct["max_abs_hu_difference"] == 0.0 and ct["max_abs_affine_difference_mm"] < 1e-3
+    assert ct["stored"]["id"] == ct["stored"]["series_instance_uid"]
+    assert report["tissue_from_lateral_series"]["series"] != ct["stored"]["id"]
+    assert "image" in report["refused"] and "Status: 400" in report["refused"]

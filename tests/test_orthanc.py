@@ -22,29 +22,26 @@ import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from conftest import ROOT
-from pacs_helpers import PATIENT, check_synthetic_ct_header, dicomweb_command, dx_study
+from pacs_helpers import (
+    PATIENT,
+    check_synthetic_ct_header,
+    dicomweb_command,
+    dx_study,
+    orthanc_config,
+    orthanc_plugin,
+)
 from scripts.checkpoint import read_model_config
 from scripts.data import load_ct
 from scripts.physics import ProjectionGeometry
 
-#: Where Debian's orthanc-dicomweb puts the plugin (XRAY2CT_ORTHANC_PLUGIN overrides).
-PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-def _plugin() -> str | None:
-    given = os.environ.get("XRAY2CT_ORTHANC_PLUGIN")
-    return given if given else next((p for p in PLUGINS if Path(p).is_file()), None)
-
-
 pytestmark = pytest.mark.skipif(
-    os.environ.get("XRAY2CT_ORTHANC") != "1" or shutil.which("Orthanc") is None or _plugin() is None,
+    os.environ.get("XRAY2CT_ORTHANC") != "1" or shutil.which("Orthanc") is None or orthanc_plugin() is None,
     reason="opt-in: set XRAY2CT_ORTHANC=1 with Orthanc and its DICOMweb plugin installed (orthanc, orthanc-dicomweb)",
 )
 
@@ -61,17 +58,7 @@ def orthanc(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = {
-        "Name": "xray2ct-test",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "HttpPort": port,
-        "RemoteAccessAllowed": False,  # requests from other hosts are refused
-        "AuthenticationEnabled": False,
-        "DicomServerEnabled": False,
-        "Plugins": [_plugin()],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
+    config = orthanc_config(folder, port, orthanc_plugin())
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "w")  # closed in the finally below
     process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], cwd=folder, stdout=log, stderr=log)

@@ -2,7 +2,7 @@
 # MONAI Label check of the bundle and its app (monailabel_app/): inference through MONAI Label's BundleInferTask, as
 # `monailabel start_server --app monailabel_app` runs it, on X-rays rendered from a synthetic chest phantom.
 #
-#   tests/monailabel/run.sh [--server] [--keep]
+#   tests/monailabel/run.sh [--server] [--orthanc] [--keep]
 #
 # 1. A virtual environment with MONAI Label (its own: MONAI Label needs numpy<2 and pydicom<3, the bundle's
 #    environment has numpy 2 and pydicom 3), created once under $MONAILABEL_VENV and reused.
@@ -18,7 +18,12 @@
 # --server also starts `monailabel start_server --app <copy of monailabel_app> --studies <phantoms>` on 127.0.0.1 with
 # the app's defaults (no --conf: it serves ../bundle as xray2ct and xray2ct_tissue) and runs server.py: REST requests
 # (by datastore id, by upload, a pair by path, label formats, a refused one), the requests 3D Slicer's MONAI Label
-# module sends (Run, Next Sample, the automatic Run), and MONAI Label's Python client. --keep keeps the work folder.
+# module sends (Run, Next Sample, the automatic Run), and MONAI Label's Python client.
+# --orthanc starts Orthanc with its DICOMweb plugin on 127.0.0.1 (Debian's orthanc + orthanc-dicomweb), stores a PA +
+# lateral DX pair of one study through Orthanc's REST API (pacs_inputs.py), starts `monailabel start_server --app
+# <copy> --studies http://127.0.0.1:<port>/dicom-web` and runs orthanc_check.py: inference by MONAI Label's Python
+# client for the PA series (and the tissue model for the lateral series), then QIDO-RS / WADO-RS: the study holds the
+# synthetic CT series, with the geometry and HU of the CT the server returned. --keep keeps the work folder.
 #
 # Environment: MONAILABEL_VENV (default ~/.cache/xray2ct-monailabel-venv), BUNDLE_PYTHON (default python),
 # MONAILABEL_BASE_PYTHON (python that creates the venv, default python3), MONAILABEL_STEPS (num_inference_steps
@@ -32,12 +37,14 @@ BUNDLE_PYTHON="${BUNDLE_PYTHON:-python}"
 BASE_PYTHON="${MONAILABEL_BASE_PYTHON:-python3}"
 STEPS="${MONAILABEL_STEPS:-2}"
 SERVER=0
+ORTHANC=0
 KEEP=0
 for arg in "$@"; do
     case "$arg" in
         --server) SERVER=1 ;;
+        --orthanc) ORTHANC=1 ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -104,11 +111,15 @@ else
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/xray2ct-monailabel.XXXXXX")"
 fi
 SERVER_PID=""
+PACS_SERVER_PID=""
+ORTHANC_PID=""
 cleanup() {
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    for pid in "$SERVER_PID" "$PACS_SERVER_PID" "$ORTHANC_PID"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [[ "$KEEP" == 1 ]]; then
         log "work folder kept: $WORK"
     else
@@ -170,9 +181,55 @@ if [[ "$SERVER" == 1 ]]; then
     server_s="$(elapsed "$start")"
 fi
 
-log "timings (s): environment ${install_s} (0 = reused), inputs ${prepare_s}, BundleInferTask check ${infer_s}${server_s:+, server check ${server_s}}, total $(elapsed "$start_all")"
+free_port() { "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# wait_for URL PID SECONDS: until URL answers, the process PID exits, or SECONDS pass.
+wait_for() {
+    for _ in $(seq 1 "$3"); do
+        if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$2" 2>/dev/null; then return 1; fi
+        sleep 1
+    done
+    return 1
+}
+
+orthanc_s=""
+if [[ "$ORTHANC" == 1 ]]; then
+    start="$(now)"
+    if ! command -v Orthanc >/dev/null; then
+        log "FAILED: --orthanc needs Orthanc and its DICOMweb plugin (apt-get install orthanc orthanc-dicomweb)"; exit 1
+    fi
+    OPORT="$(free_port)"
+    MPORT="$(free_port)"
+    "$BUNDLE_PYTHON" "$HERE/pacs_inputs.py" "$BUNDLE" "$WORK/pacs" "$OPORT" >"$WORK/pacs_inputs.out"
+    (cd "$WORK/pacs" && exec Orthanc "$WORK/pacs/orthanc.json") >"$WORK/orthanc.log" 2>&1 &
+    ORTHANC_PID=$!
+    if ! wait_for "http://127.0.0.1:$OPORT/system" "$ORTHANC_PID" 60; then
+        tail -n 20 "$WORK/orthanc.log" >&2; log "FAILED: Orthanc did not come up"; KEEP=1; exit 1
+    fi
+    # The pair goes in through Orthanc's own REST API, so that the check does not depend on the code under test.
+    for view in pa lateral; do
+        curl -sf -X POST --data-binary "@$WORK/pacs/$view.dcm" "http://127.0.0.1:$OPORT/instances" >/dev/null \
+            || { log "FAILED: Orthanc refused $view.dcm"; KEEP=1; exit 1; }
+    done
+    DICOMWEB="http://127.0.0.1:$OPORT/dicom-web"
+    log "Orthanc up with a PA + lateral DX study at $DICOMWEB; starting monailabel start_server --studies $DICOMWEB"
+    (cd "$WORK" && MONAI_LABEL_DICOMWEB_CACHE_PATH="$WORK/dicomweb-cache" exec "$VENV/bin/python" -m monailabel.main \
+        start_server --app "$APP" --studies "$DICOMWEB" --host 127.0.0.1 --port "$MPORT") >"$WORK/orthanc_server.log" 2>&1 &
+    PACS_SERVER_PID=$!
+    if ! wait_for "http://127.0.0.1:$MPORT/info/" "$PACS_SERVER_PID" 180; then
+        tail -n 40 "$WORK/orthanc_server.log" >&2; log "FAILED: the server did not come up"; KEEP=1; exit 1
+    fi
+    log "server up after $(elapsed "$start") s"
+    (cd "$WORK" && "$VENV/bin/python" "$HERE/orthanc_check.py" "http://127.0.0.1:$MPORT" "$DICOMWEB" \
+        "$WORK/pacs/pacs_inputs.json" --steps "$STEPS" --out "$WORK/orthanc_report.json") >"$WORK/orthanc_check.out" 2>&1 \
+        || { tail -n 40 "$WORK/orthanc_check.out" "$WORK/orthanc_server.log" >&2; log "FAILED over DICOMweb"; KEEP=1; exit 1; }
+    sed 's/^/[monailabel-check] /' "$WORK/orthanc_check.out"
+    orthanc_s="$(elapsed "$start")"
+fi
+
+log "timings (s): environment ${install_s} (0 = reused), inputs ${prepare_s}, BundleInferTask check ${infer_s}${server_s:+, server check ${server_s}}${orthanc_s:+, Orthanc check ${orthanc_s}}, total $(elapsed "$start_all")"
 if [[ "$KEEP" == 1 ]]; then
-    log "PASSED (measurements: $WORK/report.json${server_s:+ and $WORK/server_report.json})"
+    log "PASSED (measurements: $WORK/report.json${server_s:+, $WORK/server_report.json}${orthanc_s:+, $WORK/orthanc_report.json})"
 else
     log "PASSED"
 fi

@@ -21,6 +21,10 @@ of the same study (``configs/dicomweb.yaml``; sites without MONAI Label).
 ``output_dir/inference_report.json`` records the case as the inference workflow does, plus ``dicomweb``: the inputs
 chosen (series and SOP instance UIDs, ViewPosition), what was skipped and why, the stored series and the seconds per
 step. The query and the choice run before anything is written, so a wrong URL or study writes nothing.
+
+The query, the checked retrieval and the store are also functions (:func:`query_radiographs`,
+:func:`retrieve_instance`, :func:`store_series`), which the MONAI Label app (``monailabel_app/lib/dicomweb.py``) uses
+for the same round trip started from a series in its DICOMweb datastore.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +56,14 @@ from ..data import (
 from ..utils import atomic_write, claim
 from .inference import CTInferenceWorkflow, _reason
 
-__all__ = ["QUERY_FIELDS", "DicomWebRoundTrip", "choose_views"]
+__all__ = [
+    "QUERY_FIELDS",
+    "DicomWebRoundTrip",
+    "choose_views",
+    "query_radiographs",
+    "retrieve_instance",
+    "store_series",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +152,102 @@ def choose_views(
     return {v: chosen[v] for v in views if v in chosen}, notes
 
 
+def query_radiographs(
+    client: DicomWebClient, study_uid: str, retrieve: Callable[[Dataset], bytes] | None = None
+) -> list[Dataset]:
+    """QIDO-RS: the radiograph instances of a study (modalities :data:`~scripts.data.RADIOGRAPH_MODALITIES`), with
+    :data:`QUERY_FIELDS`; each carries its ``SeriesInstanceUID``.
+
+    Args:
+        client: the DICOMweb client of the PACS.
+        study_uid: the StudyInstanceUID.
+        retrieve: how to get an instance's file when the query's answer leaves out what says its view (a server that
+            ignores ``includefield``); None: :func:`retrieve_instance`.
+
+    Raises:
+        ValueError: no such study, or a study without radiograph series (naming the modalities it has).
+    """
+    study_uid = check_uid("study_uid", study_uid)
+    series = client.search_series(study_uid)
+    if not series:
+        raise ValueError(f"study_uid: no study {study_uid} at {client.base_url} (QIDO-RS found no series).")
+    kinds = (*RADIOGRAPH_MODALITIES, "")  # a series whose answer leaves out its modality is looked into
+    radiographs = [s for s in series if _text(s, "Modality").upper() in kinds]
+    if not radiographs:
+        found = sorted({_text(s, "Modality") or "?" for s in series})
+        raise ValueError(
+            f"study {study_uid} has no radiograph series (modalities {list(RADIOGRAPH_MODALITIES)}); its "
+            f"{len(series)} series are {found}."
+        )
+    retrieve = retrieve or (lambda ds: retrieve_instance(client, study_uid, ds))
+    instances = []
+    for s in radiographs:
+        series_uid = check_uid("SeriesInstanceUID", s.get("SeriesInstanceUID"))
+        for ds in client.search_instances(study_uid, series_uid, QUERY_FIELDS):
+            ds.SeriesInstanceUID = series_uid
+            instances.append(_with_view(ds, retrieve))
+    return instances
+
+
+def _with_view(ds: Dataset, retrieve: Callable[[Dataset], bytes]) -> Dataset:
+    """``ds``, or the instance's own header when the query's answer leaves out what says its view."""
+    if header_view(ds) is not None or any(k in ds for k in ("ViewPosition", "PatientOrientation")):
+        return ds
+    header = pydicom.dcmread(io.BytesIO(retrieve(ds)), stop_before_pixels=True)
+    header.SeriesInstanceUID = ds.SeriesInstanceUID
+    return header
+
+
+def retrieve_instance(client: DicomWebClient, study_uid: str, ds: Dataset) -> bytes:
+    """WADO-RS: the file of the instance ``ds`` names (its SOPInstanceUID and SeriesInstanceUID), checked to be that
+    instance of ``study_uid``.
+
+    Raises:
+        DicomWebError: the answer is not a readable DICOM file, or is another instance.
+    """
+    sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
+    data = client.retrieve_instance(study_uid, ds.SeriesInstanceUID, sop)
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as err:  # pydicom raises several types for damaged files
+        raise DicomWebError(f"WADO-RS: instance {sop} is not a readable DICOM file ({err}).") from None
+    if str(header.get("SOPInstanceUID", "")) != sop or str(header.get("StudyInstanceUID", "")) != study_uid:
+        raise DicomWebError(f"WADO-RS: asked for instance {sop} of study {study_uid}, got another instance.")
+    return data
+
+
+def store_series(
+    client: DicomWebClient, study_uid: str, files: Sequence[str | os.PathLike], instances_per_request: int = 32
+) -> dict:
+    """STOW-RS: a written series (PS3.10 files) into ``study_uid``, ``instances_per_request`` per request.
+
+    Returns:
+        ``{"series_instance_uid", "instances", "requests"}``.
+
+    Raises:
+        DicomWebError: an instance sent did not come back as stored (naming up to three, their failure reasons and
+            the incomplete series to delete).
+    """
+    sent, stored, failed, requests = [], set(), {}, 0
+    for start in range(0, len(files), instances_per_request):
+        batch = [Path(f).read_bytes() for f in files[start : start + instances_per_request]]
+        sent += [str(pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True).SOPInstanceUID) for b in batch]
+        result = client.store(study_uid, batch)
+        requests += 1
+        stored.update(result.stored)
+        failed.update(result.failed)
+    missing = [u for u in sent if u not in stored]
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    if missing:
+        reasons = "; ".join(f"{u}: {failed.get(u, 'not in the answer')}" for u in missing[:3])
+        raise DicomWebError(
+            f"STOW-RS {client.base_url}/studies/{study_uid}: {len(missing)} of {len(sent)} instances were not "
+            f"stored ({reasons}{'; ...' if len(missing) > 3 else ''}); series {series_uid} in the archive is "
+            "incomplete and should be deleted there."
+        )
+    return {"series_instance_uid": series_uid, "instances": len(sent), "requests": requests}
+
+
 class DicomWebRoundTrip(CTInferenceWorkflow):
     """Query, retrieve, generate, store: one study over DICOMweb (see the module docstring).
 
@@ -203,70 +310,18 @@ class DicomWebRoundTrip(CTInferenceWorkflow):
     # ---- the steps ------------------------------------------------------------------------------------------------
     def query(self) -> list[Dataset]:
         """QIDO-RS: the study's radiograph instances, with the attributes that say which view each is."""
-        series = self.client.search_series(self.study_uid)
-        if not series:
-            raise ValueError(
-                f"study_uid: no study {self.study_uid} at {self.client.base_url} (QIDO-RS found no series)."
-            )
-        kinds = (*RADIOGRAPH_MODALITIES, "")  # a series whose answer leaves out its modality is looked into
-        radiographs = [s for s in series if _text(s, "Modality").upper() in kinds]
-        if not radiographs:
-            found = sorted({_text(s, "Modality") or "?" for s in series})
-            raise ValueError(
-                f"study {self.study_uid} has no radiograph series (modalities {list(RADIOGRAPH_MODALITIES)}); its "
-                f"{len(series)} series are {found}."
-            )
-        instances = []
-        for s in radiographs:
-            series_uid = check_uid("SeriesInstanceUID", s.get("SeriesInstanceUID"))
-            for ds in self.client.search_instances(self.study_uid, series_uid, QUERY_FIELDS):
-                ds.SeriesInstanceUID = series_uid
-                instances.append(self._with_view(ds))
-        return instances
-
-    def _with_view(self, ds: Dataset) -> Dataset:
-        """``ds``, or the instance's own header when the query's answer leaves out what says its view."""
-        if header_view(ds) is not None or any(k in ds for k in ("ViewPosition", "PatientOrientation")):
-            return ds
-        header = pydicom.dcmread(io.BytesIO(self.retrieve(ds)), stop_before_pixels=True)
-        header.SeriesInstanceUID = ds.SeriesInstanceUID
-        return header
+        return query_radiographs(self.client, self.study_uid, self.retrieve)
 
     def retrieve(self, ds: Dataset) -> bytes:
         """WADO-RS: one instance's file, checked to be the instance asked for (each is retrieved once per run)."""
         sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
-        if sop in self._retrieved:
-            return self._retrieved[sop]
-        data = self.client.retrieve_instance(self.study_uid, ds.SeriesInstanceUID, sop)
-        try:
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        except Exception as err:  # pydicom raises several types for damaged files
-            raise DicomWebError(f"WADO-RS: instance {sop} is not a readable DICOM file ({err}).") from None
-        if str(header.get("SOPInstanceUID", "")) != sop or str(header.get("StudyInstanceUID", "")) != self.study_uid:
-            raise DicomWebError(f"WADO-RS: asked for instance {sop} of study {self.study_uid}, got another instance.")
-        self._retrieved[sop] = data
-        return data
+        if sop not in self._retrieved:
+            self._retrieved[sop] = retrieve_instance(self.client, self.study_uid, ds)
+        return self._retrieved[sop]
 
     def store_series(self, files: Sequence[Path]) -> dict:
         """STOW-RS: the written series into the study; every instance must come back as stored."""
-        sent, stored, failed, requests = [], set(), {}, 0
-        for start in range(0, len(files), self.instances_per_request):
-            batch = [Path(f).read_bytes() for f in files[start : start + self.instances_per_request]]
-            sent += [str(pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True).SOPInstanceUID) for b in batch]
-            result = self.client.store(self.study_uid, batch)
-            requests += 1
-            stored.update(result.stored)
-            failed.update(result.failed)
-        missing = [u for u in sent if u not in stored]
-        series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-        if missing:
-            reasons = "; ".join(f"{u}: {failed.get(u, 'not in the answer')}" for u in missing[:3])
-            raise DicomWebError(
-                f"STOW-RS {self.client.base_url}/studies/{self.study_uid}: {len(missing)} of {len(sent)} instances "
-                f"were not stored ({reasons}{'; ...' if len(missing) > 3 else ''}); series {series_uid} in the archive "
-                "is incomplete and should be deleted there."
-            )
-        return {"series_instance_uid": series_uid, "instances": len(sent), "requests": requests}
+        return store_series(self.client, self.study_uid, files, self.instances_per_request)
 
     def run(self) -> dict:
         """Query, choose, retrieve, generate, store; returns (and writes) ``inference_report.json``."""
