@@ -30,7 +30,7 @@ from pydicom.uid import generate_uid
 from scripts.data import DicomWebClient, load_ct, synthetic_chest_ct, write_nifti
 from scripts.physics import ProjectionGeometry
 
-from monailabel_app.lib.dicomweb import _with_file_format_keyword, fetch_inputs, store_ct
+from monailabel_app.lib.dicomweb import fetch_inputs, store_ct
 from monailabel_app.lib.results import (
     CT_DTYPES,
     RequestRefused,
@@ -374,18 +374,18 @@ def test_the_ct_goes_back_to_the_study_as_a_synthetic_series(tmp_path):
 
 
 def test_the_series_writer_runs_under_pydicom_2(tmp_path, monkeypatch):
-    """MONAI Label's environment has pydicom 2, whose save_as knows no enforce_file_format: for the length of the
-    write it is translated to write_like_original=False; pydicom 3 is left as it is."""
-    assert _with_file_format_keyword(len) is len  # this environment's pydicom 3
+    """MONAI Label's environment has pydicom 2, whose save_as knows no enforce_file_format: the writer asks it for a
+    Part 10 file with write_like_original=False instead."""
+    from scripts.data.dicom_output import save_dicom_file
+
     calls = []
 
     def pydicom2_save_as(self, filename, write_like_original=True):
-        calls.append(write_like_original)
+        calls.append((Path(filename).name, write_like_original))
 
     monkeypatch.setattr(Dataset, "save_as", pydicom2_save_as)
-    write = _with_file_format_keyword(lambda: Dataset().save_as(tmp_path / "x.dcm", enforce_file_format=True))
-    write()
-    assert calls == [False] and Dataset.save_as is pydicom2_save_as
+    save_dicom_file(Dataset(), tmp_path / "x.dcm")
+    assert calls == [("x.dcm", False)]
 
 
 @pytest.mark.skipif(

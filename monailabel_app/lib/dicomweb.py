@@ -30,8 +30,6 @@ the project's tests have it there) and no MONAI Label: the tests run it against 
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,7 +153,7 @@ def store_ct(
         DicomWebError: the server did not store every instance (the series is named for deletion).
     """
     ct = load_ct(ct_file)  # (1, X, Y, Z) HU in RAS, as the series writer expects
-    files = _with_file_format_keyword(_write_series)(
+    files = _write_series(
         folder,
         ct[0],
         ct.affine.numpy(),
@@ -167,32 +165,3 @@ def store_ct(
     )
     stored = store_series(client, inputs.study_uid, files, instances_per_request)
     return {"study_instance_uid": inputs.study_uid, **stored, "url": client.base_url}
-
-
-def _with_file_format_keyword(write):
-    """``write``, run where ``Dataset.save_as`` takes pydicom 3's ``enforce_file_format`` keyword.
-
-    The series writer saves with ``enforce_file_format=True`` (pydicom 3), while MONAI Label's environment holds
-    pydicom 2 (its DICOM SEG code imports a module pydicom 3 removed), whose ``save_as`` spells the same request
-    ``write_like_original=False``. Under pydicom 2 the keyword is translated for the length of the call; pydicom 3 is
-    left alone.
-    """
-    if "enforce_file_format" in inspect.signature(Dataset.save_as).parameters:
-        return write
-
-    @functools.wraps(write)
-    def run(*args, **kwargs):
-        original = Dataset.save_as
-
-        def save_as(self, filename, write_like_original=True, *, enforce_file_format=None):
-            if enforce_file_format is not None:
-                write_like_original = not enforce_file_format
-            return original(self, filename, write_like_original=write_like_original)
-
-        Dataset.save_as = save_as
-        try:
-            return write(*args, **kwargs)
-        finally:
-            Dataset.save_as = original
-
-    return run

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -47,7 +48,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..utils import atomic_write
 
-__all__ = ["STUDY_LINK_KEYWORDS", "SYNTHETIC_SERIES_DESCRIPTION", "bundle_version", "write_ct_dicom_series"]
+__all__ = [
+    "STUDY_LINK_KEYWORDS",
+    "SYNTHETIC_SERIES_DESCRIPTION",
+    "bundle_version",
+    "save_dicom_file",
+    "write_ct_dicom_series",
+]
 
 #: Attributes copied from an image of the study the series joins: the least that files it into that study.
 STUDY_LINK_KEYWORDS = (
@@ -99,6 +106,18 @@ def _study_link(study: Dataset | None) -> Dataset:
 def _needs_utf8(ds: Dataset) -> bool:
     """Whether a copied text holds characters beyond ASCII (then the series says ISO_IR 192, UTF-8)."""
     return any(not str(ds.get(k, "") or "").isascii() for k in ("PatientID", "IssuerOfPatientID", "PatientName"))
+
+
+def save_dicom_file(ds: Dataset, path: str | os.PathLike) -> None:
+    """Write ``ds`` as a DICOM Part 10 file (preamble, file meta), under pydicom 3 or 2.
+
+    pydicom 3 spells it ``enforce_file_format=True``; pydicom 2 (MONAI Label's environment, whose DICOM SEG code
+    needs it) ``write_like_original=False`` and knows no ``enforce_file_format``.
+    """
+    if "enforce_file_format" in inspect.signature(Dataset.save_as).parameters:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.save_as(path, write_like_original=False)
 
 
 def write_ct_dicom_series(
@@ -203,7 +222,7 @@ def write_ct_dicom_series(
         ds.WindowCenterWidthExplanation = [w[2] for w in _WINDOWS]
         ds.PixelData = pixels.tobytes()
         path = folder / f"slice_{k:04d}.dcm"
-        atomic_write(path, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True), overwrite)
+        atomic_write(path, lambda p, ds=ds: save_dicom_file(ds, p), overwrite)
         written.append(path)
     return written
 
