@@ -50,6 +50,8 @@ SETTINGS = {
         "drr_guidance#t_max": "0.5",
     },
 }
+SETTINGS["samples_4"] = {"num_samples": "4"}  # the mean of 4 samples (the uncertainty's cost and gain)
+SETTINGS["samples_4_drr_l1.0_t1.0_i2"] = dict(SETTINGS["drr_l1.0_t1.0_i2"], num_samples="4")
 GROUPS = {
     "drr": ["off", "drr_l0.5_t0.5", "drr_l1.0_t0.5", "drr_l0.5_t1.0", "drr_l1.0_t1.0_i2"],
     "cfg": ["off", "cfg_1.5", "cfg_2.0", "cfg_1.5_drr_l0.5_t0.5"],
