@@ -190,7 +190,16 @@ def report(roots: list[Path]) -> dict:
         + "\n"
     )
     (RESULTS / "guidance.md").write_text(text)
-    content = {"header": header, "runs": runs}
+    keep = ("psnr", "ssim", "mae_hu", "drr_error", "x2ct_psnr", "x2ct_ssim", "seconds", "tissue")
+
+    def slim(value):  # the scalars and tissue errors; per-group and per-label detail stays in each metrics.json
+        if isinstance(value, dict):
+            if "psnr" in value:
+                value = {k: v for k, v in value.items() if k in keep or k.startswith("drr_error")}
+            return {k: slim(v) for k, v in value.items()}
+        return [slim(v) for v in value] if isinstance(value, list) else value
+
+    content = {"header": header, "runs": slim(runs)}
     (RESULTS / "guidance.json").write_text(json.dumps(content, indent=2) + "\n")
     return content
 

@@ -318,7 +318,7 @@ def test_bad_inputs_are_reported_and_the_other_cases_complete(tmp_path, dataset,
     ],
 )
 def test_a_setting_that_contradicts_the_shipped_model_is_refused_by_name(tmp_path, override, message):
-    """The shipped 0.2.0 checkpoint's records are read back; a contradicting override stops the run before any case."""
+    """The shipped checkpoint's records are read back; a contradicting override stops the run before any case."""
     path = ROOT / "bundle" / "models" / "model.pt"
     with pytest.raises(RuntimeError) as err:  # MONAI's config expression wraps the ValueError
         _run(tmp_path, tmp_path, path, **override)  # no datalist is needed: the check runs first in initialize
@@ -350,8 +350,9 @@ def test_sampling_settings_stay_free_and_a_checkpoint_of_another_preset_runs_as_
 def test_default_inference_of_the_shipped_model_is_unchanged(tmp_path):
     """Golden output: the shipped model on held-out phantom 1001 (2 DDIM steps per stage, seed 0). Recorded with
     0.2.0 before the configs were stacked and the settings read from the checkpoint (bit-identical through that
-    change), and re-recorded when the anatomical phantoms replaced the ellipsoid ones (the input changed, the model
-    and the sampler did not).
+    change), re-recorded when the anatomical phantoms replaced the ellipsoid ones (the input changed, the model
+    and the sampler did not), and when the shipped model was retrained on them (0.5.0; the sampler unchanged, guided
+    sampling off by default).
 
     Tolerances: the CT is written as int16 HU, and float32 network arithmetic differs between CPUs by a few ulp per
     operation, which can flip a voxel's rounding by 1 HU; a slice mean therefore moves by at most 1 HU. A changed

@@ -83,7 +83,7 @@ def test_a_state_dict_with_its_records_loads_with_torch_alone(tmp_path, files, s
     load_network_weights(build_network(record), path, record)  # the bundle's loader, records checked
 
 
-def test_shipped_0_2_0_checkpoint_records_are_converted():
+def test_shipped_checkpoint_records_match_the_defaults():
     record = read_model_config(SHIPPED)
     assert record["preset"] == "tiny" and record["network"] == "XrayToCTCascade"
     assert [s["grid_size"] for s in record["stages"]] == [32, 64]
