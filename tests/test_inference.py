@@ -348,11 +348,12 @@ def test_sampling_settings_stay_free_and_a_checkpoint_of_another_preset_runs_as_
 
 
 def test_default_inference_of_the_shipped_model_is_unchanged(tmp_path):
-    """Golden output: the shipped model on held-out phantom 1001 (2 DDIM steps per stage, seed 0). Recorded with
+    """Golden output: the shipped model on held-out phantom 1001 (2 DDIM steps per stage, seed 0, the default 4
+    samples). Recorded with
     0.2.0 before the configs were stacked and the settings read from the checkpoint (bit-identical through that
     change), re-recorded when the anatomical phantoms replaced the ellipsoid ones (the input changed, the model
     and the sampler did not), and when the shipped model was retrained on them (0.5.0; the sampler unchanged, guided
-    sampling off by default).
+    sampling off by default), and when the default became the mean of 4 samples.
 
     Tolerances: the CT is written as int16 HU, and float32 network arithmetic differs between CPUs by a few ulp per
     operation, which can flip a voxel's rounding by 1 HU; a slice mean therefore moves by at most 1 HU. A changed
