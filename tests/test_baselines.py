@@ -99,16 +99,23 @@ def test_bad_regressor_option_is_refused_by_name(change, message):
 
 
 @pytest.mark.parametrize("name", ["unet_3d", "lifted_prior"])
-def test_shipped_baselines_still_load_with_their_old_meaning(name):
-    """The checkpoints trained before the offset existed: no offset, full-grid decoder, the same weight names."""
+def test_shipped_baselines_load_with_the_meaning_they_record(name):
+    """Built from its own record and loaded strictly (names and shapes): the offset is the recorded one."""
     path = ROOT / "bundle" / "models" / "baselines" / f"{name}.pt"
     record = read_model_config(path)
-    assert not {"output_offset", "decoder_grid"} & set(record["stages"][0])
     network = build_network(record)
-    load_network_weights(network, path, None)  # strict: names and shapes
-    assert network.output_offset == 0.0 and "upsample" not in network.stages[0]
-    layer = network._output_layer()
-    assert float(layer.weight.abs().sum()) > 0  # the trained weights, not the zero init
+    load_network_weights(network, path, None)
+    assert network.output_offset == record["stages"][0].get("output_offset", 0.0)
+    assert float(network._output_layer().weight.abs().sum()) > 0  # the trained weights, not the zero init
+
+
+def test_a_checkpoint_from_before_the_offset_keeps_its_meaning(tmp_path):
+    """0.4.0 records have no output_offset or decoder_grid: offset 0, full-grid decoder, the same weight names."""
+    old = {"grid_size": 64, "decoder": "unet", "lift_channels": 16, "unet_features": [8, 16, 32, 64, 128, 8]}
+    trained = _regressor(**old)
+    assert trained.output_offset == 0.0 and "upsample" not in trained.stages[0]
+    rebuilt = _regressor(**old)
+    assert not rebuilt.load_state_dict(trained.state_dict()).missing_keys  # strict: the same names and shapes
 
 
 @pytest.mark.parametrize("preset", ["baseline_unet3d.yaml", "baseline_lifted_prior.yaml"])
