@@ -1,6 +1,14 @@
 """Data: synthetic chest phantoms, CT and radiograph readers, preprocessing and on-the-fly X-ray rendering."""
 
-from .anatomy import PATHOLOGIES, PHANTOM_LABELS, ChestPhantom, chest_phantom, label_names, synthetic_chest_ct
+from .anatomy import (
+    FINDING_LABELS,
+    PATHOLOGIES,
+    PHANTOM_LABELS,
+    ChestPhantom,
+    chest_phantom,
+    label_names,
+    synthetic_chest_ct,
+)
 from .cases import INPUT_KEYS, LABEL_KEY, CTOutputd, XrayInputsd, load_cases
 from .dicom_output import STUDY_LINK_KEYWORDS, SYNTHETIC_SERIES_DESCRIPTION, bundle_version
 from .dicom_radiograph import header_view
@@ -44,6 +52,7 @@ __all__ = [
     "CropOrPadToFieldOfViewd",
     "LoadCTd",
     "PATHOLOGIES",
+    "FINDING_LABELS",
     "PHANTOM_LABELS",
     "ChestPhantom",
     "chest_phantom",

@@ -54,7 +54,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai.transforms import LoadImage
 
 from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
-from ..data import LABEL_KEY, PHANTOM_LABELS, body_mask, label_on_grid, voxel_spacing
+from ..data import FINDING_LABELS, LABEL_KEY, PHANTOM_LABELS, body_mask, label_on_grid, voxel_spacing
 from ..physics import ct_scale_to_hu
 from ..utils import atomic_write, flag
 from .report import (
@@ -112,15 +112,7 @@ ANATOMY_GROUPS: dict[str, tuple[str, ...]] = {
     "other_bone": ("sternum", "clavicula_*", "scapula_*", "humerus_*"),
     "muscle": ("skeletal_muscle", "autochthon_*"),
     "fat": ("subcutaneous_fat", "torso_fat", "epicardial_fat"),
-    "findings": (
-        "lung_nodules",
-        "lung_mass",
-        "pleural_effusion",
-        "consolidation",
-        "atelectasis",
-        "pneumothorax",
-        "emphysema",
-    ),
+    "findings": FINDING_LABELS,
 }
 
 #: Columns of metrics.csv, in order (:func:`~scripts.engines.report.csv_columns`).

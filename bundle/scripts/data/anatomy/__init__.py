@@ -9,10 +9,11 @@ scanner (:mod:`.scanner`) adds the reconstruction kernel, correlated noise and s
 """
 
 from .generator import ChestPhantom, chest_phantom, phantom_spacing, synthetic_chest_ct
-from .labels import PATHOLOGIES, PHANTOM_LABELS, label_names
+from .labels import FINDING_LABELS, PATHOLOGIES, PHANTOM_LABELS, label_names
 
 __all__ = [
     "PATHOLOGIES",
+    "FINDING_LABELS",
     "PHANTOM_LABELS",
     "ChestPhantom",
     "chest_phantom",

@@ -14,7 +14,18 @@ occupies, so a lobe's label count is the lobe minus its findings.
 
 from __future__ import annotations
 
-__all__ = ["PATHOLOGIES", "PHANTOM_LABELS", "label_names"]
+__all__ = ["FINDING_LABELS", "PATHOLOGIES", "PHANTOM_LABELS", "label_names"]
+
+#: The findings' own labels, in id order (cardiomegaly has none: it is the heart's labels).
+FINDING_LABELS: tuple[str, ...] = (
+    "lung_nodules",
+    "lung_mass",
+    "pleural_effusion",
+    "consolidation",
+    "atelectasis",
+    "pneumothorax",
+    "emphysema",
+)
 
 
 def _build() -> dict[str, int]:
@@ -71,15 +82,7 @@ def _build() -> dict[str, int]:
     ]
     names += ["vertebrae_C7"] + [f"vertebrae_T{i}" for i in range(1, 13)] + ["vertebrae_L1", "vertebrae_L2"]
     names += [f"rib_left_{i}" for i in range(1, 13)] + [f"rib_right_{i}" for i in range(1, 13)]
-    names += [
-        "lung_nodules",
-        "lung_mass",
-        "pleural_effusion",
-        "consolidation",
-        "atelectasis",
-        "pneumothorax",
-        "emphysema",
-    ]
+    names += list(FINDING_LABELS)
     return {name: i for i, name in enumerate(names)}
 
 
