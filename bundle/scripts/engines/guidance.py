@@ -72,10 +72,13 @@ class DRRGuidance:
         self.stages = None if stages is None else {int(s) for s in stages}
         self._sums: dict = {}
 
+    def guides_stage(self, stage: int) -> bool:
+        """Whether any step of stage ``stage`` is guided."""
+        return self.stages is None or stage in self.stages
+
     def applies(self, stage: int, t: int) -> bool:
         """Whether step ``t`` of stage ``stage`` is guided."""
-        in_stage = self.stages is None or stage in self.stages
-        return in_stage and t / self.objective.num_train_timesteps <= self.t_max + 1e-12
+        return self.guides_stage(stage) and t / self.objective.num_train_timesteps <= self.t_max + 1e-12
 
     def views(self, x: torch.Tensor, spacing_mm: Sequence[float]) -> torch.Tensor:
         """``f(x)``: ``(B, 1, X, Y, Z)`` CT scale -> ``(B, V, H, W)`` DRRs on the X-ray network scale."""
@@ -95,8 +98,10 @@ class DRRGuidance:
 
     def _row_col_sums(
         self, grid: Sequence[int], spacing_mm: Sequence[float], mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``J·1`` ``(1, V, H, W)`` and ``Jᵀ·m`` ``(B, 1, X, Y, Z)`` for this grid and view mask (cached)."""
+    ) -> tuple[torch.Tensor, ...]:
+        """For this grid and view mask (cached): the pixel weights ``m`` ``(B, V, H, W)`` (present views, rays that
+        cross the volume), ``J·1`` ``(1, V, H, W)`` and ``Jᵀ·m`` ``(B, 1, X, Y, Z)`` with 1 where they are 0 (safe
+        divisors), and the voxels some present ray crosses ``(B, 1, X, Y, Z)``."""
         key = (tuple(grid), tuple(float(s) for s in spacing_mm), tuple(map(tuple, mask.tolist())), str(mask.device))
         if key not in self._sums:
             ones = torch.ones((1, 1, *grid), dtype=torch.float32, device=mask.device)
@@ -104,7 +109,13 @@ class DRRGuidance:
             present = row.abs() > 1e-6 * row.abs().amax().clamp_min(1e-30)  # rays that cross the volume
             weights = mask.float()[:, :, None, None] * present.float()  # (B, V, H, W)
             col = self._back_project(weights, grid, spacing_mm)  # (B, 1, X, Y, Z)
-            self._sums[key] = (row, present, col)
+            crossed = col > 0
+            self._sums[key] = (
+                weights,
+                torch.where(present, row, torch.ones_like(row)),
+                torch.where(crossed, col, torch.ones_like(col)),
+                crossed,
+            )
         return self._sums[key]
 
     def correct_x0(
@@ -117,14 +128,11 @@ class DRRGuidance:
         """
         grid = x0.shape[2:]
         mask = torch.ones(views.shape[:2], dtype=torch.bool, device=views.device) if view_mask is None else view_mask
-        row, present, col = self._row_col_sums(grid, spacing_mm, mask.to(views.device))
-        safe_row = torch.where(present, row, torch.ones_like(row))
-        weights = mask.float()[:, :, None, None] * present.float()
-        safe_col = torch.where(col > 0, col, torch.ones_like(col))
+        weights, safe_row, safe_col, crossed = self._row_col_sums(grid, spacing_mm, mask.to(views.device))
         x = x0.float().clamp(-1.0, 1.0)
         for _ in range(self.iterations):
             residual = (views.float() - self.views(x, spacing_mm)) * weights / safe_row  # (B, V, H, W)
-            update = self._back_project(residual, grid, spacing_mm) / safe_col * (col > 0)
+            update = self._back_project(residual, grid, spacing_mm) / safe_col * crossed
             x = (x + self.strength * update).clamp(-1.0, 1.0)
         return x.to(x0.dtype)
 

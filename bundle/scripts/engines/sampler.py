@@ -95,7 +95,7 @@ class CascadeSampler(Inferer):
         """One stage's sample ``(B, 1, X, Y, Z)`` from pure noise; ``views (B, V, H, W)`` (network scale) and
         ``view_mask (B, V)`` are what the DRR guidance compares with (needed only with ``guidance``)."""
         device = encoding.tokens.device
-        guided = self.guidance is not None and (self.guidance.stages is None or stage in self.guidance.stages)
+        guided = self.guidance is not None and self.guidance.guides_stage(stage)
         if guided and views is None:
             raise ValueError("DRR guidance needs the input views: call the sampler with them.")
         cfg = self.guidance_scale != 1.0
@@ -131,10 +131,10 @@ class CascadeSampler(Inferer):
                 if cfg:
                     out_null = network(
                         x, t_batch, stage=stage, previous=previous, encoding=null, conditioning=conditioning_null
-                    )
+                    ).float()
             out = out.float()
             if cfg:
-                out = out_null.float() + self.guidance_scale * (out - out_null.float())
+                out = out_null + self.guidance_scale * (out - out_null)
             if guided and self.guidance.applies(stage, t):
                 out = self.guidance(x, out, t, views, spacing, view_mask)
             x = scheduler.step(out, t, x, **kwargs)[0]
