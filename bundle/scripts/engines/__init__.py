@@ -8,7 +8,7 @@ from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
 from .pacs import DicomWebRoundTrip, choose_views
 from .preview import orthogonal_slices, save_preview
-from .sampler import CascadeSampler, CTInferer, RegressionInferer, XrayToCT, views_and_mask
+from .sampler import CascadeSampler, CTInferer, RegressionInferer, RegressionPrior, XrayToCT, views_and_mask
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
 from .workflow import DRRPreviewHandler, StageBatch, drr_error_pairs
 
@@ -25,6 +25,7 @@ __all__ = [
     "DiffusionObjective",
     "PREDICTION_TYPES",
     "RegressionInferer",
+    "RegressionPrior",
     "RegressionObjective",
     "StageBatch",
     "XrayToCT",

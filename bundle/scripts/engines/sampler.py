@@ -13,11 +13,12 @@ import torch
 from monai.inferers import Inferer
 from tqdm import tqdm
 
+from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
 from ..networks import XrayToCTCascade, unwrap
 from ..physics import ct_scale_to_hu
 from ..utils import flag
 
-__all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "XrayToCT", "views_and_mask"]
+__all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "RegressionPrior", "XrayToCT", "views_and_mask"]
 
 
 class CascadeSampler(Inferer):
@@ -44,6 +45,14 @@ class CascadeSampler(Inferer):
             (:meth:`~scripts.networks.XrayEncoding.without_xrays`; the previous stage's volume is kept). 1: off (one
             network call per step); other values need a checkpoint trained with condition dropout and cost a second
             network call per step.
+        prior: a deterministic first estimate (:class:`RegressionPrior`, e.g. the U-Net baseline's CT) that replaces
+            the cascade's first ``prior_stages`` stages: the first sampled stage is conditioned on the prior resampled
+            to the replaced stage's grid instead of that stage's sample. ``None``: off (the sampler is then exactly
+            the one without a prior).
+        prior_stages: how many leading stages the prior replaces (at least one stage is always sampled).
+        prior_start: ``s`` in (0, 1]: the first sampled stage starts at the first timestep with ``t / T <= s`` from
+            the prior resampled to its grid and noised to that ``t`` (the scheduler's ``add_noise``), instead of from
+            pure noise at ``t = T``; 1: from pure noise. Smaller ``s`` keeps more of the prior and takes fewer steps.
     """
 
     def __init__(
@@ -58,8 +67,18 @@ class CascadeSampler(Inferer):
         cache_conditioning: bool = True,
         guidance=None,
         guidance_scale: float = 1.0,
+        prior=None,
+        prior_stages: int = 1,
+        prior_start: float = 1.0,
     ) -> None:
         super().__init__()
+        if isinstance(prior_stages, bool) or not isinstance(prior_stages, int) or prior_stages < 0:
+            raise ValueError(f"prior_stages must be a non-negative integer, got {prior_stages!r}.")
+        if isinstance(prior_start, bool) or not isinstance(prior_start, (int, float)) or not 0 < prior_start <= 1:
+            raise ValueError(f"prior_start must be a number in (0, 1] (1: from pure noise), got {prior_start!r}.")
+        if prior is None and prior_start != 1.0:
+            raise ValueError(f"prior_start {prior_start!r} needs a prior to start from; none is set.")
+        self.prior, self.prior_stages, self.prior_start = prior, prior_stages, float(prior_start)
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
             raise ValueError(f"guidance_scale must be a number (1: off), got {guidance_scale!r}.")
         if not (0 <= guidance_scale <= 20):
@@ -91,9 +110,12 @@ class CascadeSampler(Inferer):
         generator: torch.Generator | None = None,
         views: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One stage's sample ``(B, 1, X, Y, Z)`` from pure noise; ``views (B, V, H, W)`` (network scale) and
-        ``view_mask (B, V)`` are what the DRR guidance compares with (needed only with ``guidance``)."""
+        ``view_mask (B, V)`` are what the DRR guidance compares with (needed only with ``guidance``); ``start``: a
+        CT-scale volume on this stage's grid to start from, noised to the first timestep with ``t / T <=
+        prior_start`` (the steps before it are skipped)."""
         device = encoding.tokens.device
         guided = self.guidance is not None and self.guidance.guides_stage(stage)
         if guided and views is None:
@@ -105,6 +127,10 @@ class CascadeSampler(Inferer):
         scheduler.set_timesteps(self._steps(stage), device=device)
         x = torch.randn((batch, 1, *grid), generator=generator, device="cpu").to(device)
         timesteps = [int(t) for t in scheduler.timesteps]
+        if start is not None and self.prior_start < 1.0:
+            total = scheduler.num_train_timesteps
+            timesteps = [t for t in timesteps if t <= self.prior_start * total] or timesteps[-1:]
+            x = scheduler.add_noise(start.float(), x, torch.full((batch,), timesteps[0], device=device))
         # Rectified flow's step sizes its Euler step from the next timestep; DDPM/DDIM derive it themselves.
         params = inspect.signature(scheduler.step).parameters
         if "next_timestep" in params:
@@ -159,10 +185,68 @@ class CascadeSampler(Inferer):
         if generator is None and self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed)
         encoding = net.encode(inputs, view_mask)
-        sample = previous
-        for stage in stages:
-            sample = self.sample_stage(net, encoding, stage, sample, inputs.shape[0], generator, inputs, view_mask)
+        sample, start = previous, None
+        if self.prior is not None and previous is None:
+            replaced = min(self.prior_stages, len(stages) - 1)
+            estimate = self.prior(inputs, view_mask)  # (B, 1, X', Y', Z') CT scale
+            if replaced > 0:
+                sample = _resample(estimate, net.grid_size(stages[replaced - 1]))
+            stages = stages[replaced:]
+            start = _resample(estimate, net.grid_size(stages[0])) if self.prior_start < 1.0 else None
+        for i, stage in enumerate(stages):
+            first = start if i == 0 else None
+            sample = self.sample_stage(
+                net, encoding, stage, sample, inputs.shape[0], generator, inputs, view_mask, start=first
+            )
         return sample
+
+
+def _resample(volume: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """``volume (B, 1, X, Y, Z)`` on ``grid``: area averaging to a coarser grid, trilinear to a finer one (the
+    volumes share the field of view, so voxel centres align as in the cascade's own resampling)."""
+    grid = tuple(int(g) for g in grid)
+    if tuple(volume.shape[2:]) == grid:
+        return volume
+    coarser = all(g <= s for g, s in zip(grid, volume.shape[2:], strict=True))
+    if coarser:
+        return torch.nn.functional.interpolate(volume, size=grid, mode="area")
+    return torch.nn.functional.interpolate(volume, size=grid, mode="trilinear", align_corners=False)
+
+
+class RegressionPrior:
+    """A regression baseline's CT as the cascade's first estimate (:class:`CascadeSampler`'s ``prior``).
+
+    Args:
+        network: a deterministic regressor (``networks.LiftedRegressor``) taking the same views as the cascade.
+        clip: clamp the estimate to the CT scale [−1, 1].
+    """
+
+    def __init__(self, network: torch.nn.Module, clip: bool = True) -> None:
+        self.network, self.clip = network.eval(), clip
+
+    @classmethod
+    def from_checkpoint(cls, path, model_config=None, device=None) -> RegressionPrior:
+        """The regressor of checkpoint ``path`` (a ``stages/baseline_*.yaml`` training), loaded with
+        ``weights_only``; ``model_config``: the cascade's, whose geometry, physics, field of view and HU window the
+        regressor must share (else refused naming the key and the file)."""
+        record = read_model_config(path)
+        if record["prediction_type"] != "regression":
+            raise ValueError(
+                f"regression_prior: {path} is not a regression checkpoint (prediction_type "
+                f"{record['prediction_type']!r}); train one with configs/stages/baseline_unet3d.yaml."
+            )
+        if model_config is not None:  # the same views must mean the same thing to both networks
+            shared = ("geometry", "physics", "fov_mm", "hu_window")
+            check_model_config({k: record[k] for k in shared}, {k: model_config[k] for k in shared}, path)
+        network = build_network(record)
+        load_network_weights(network, path, None)
+        return cls(network.to(device) if device is not None else network)
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs (B, V, H, W)`` network-scale views -> ``(B, 1, X, Y, Z)`` CT-scale estimate."""
+        out = self.network(None, None, inputs, view_mask=view_mask).float()
+        return out.clamp(-1.0, 1.0) if self.clip else out
 
 
 class RegressionInferer(Inferer):
