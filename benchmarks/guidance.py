@@ -52,9 +52,18 @@ SETTINGS = {
 }
 SETTINGS["samples_4"] = {"num_samples": "4"}  # the mean of 4 samples (the uncertainty's cost and gain)
 SETTINGS["samples_4_drr_l1.0_t1.0_i2"] = dict(SETTINGS["drr_l1.0_t1.0_i2"], num_samples="4")
+#: The shipped U-Net regression's CT as the cascade's first estimate (inference.yaml ``regression_prior``): it replaces
+#: stage 0; ``start`` s < 1 starts stage 1 from it, noised to t/T = s. Means of 4 samples, like the default.
+UNET = str(ROOT / "bundle" / "models" / "baselines" / "unet_3d.pt")
+DRR_BEST = dict(SETTINGS["drr_l1.0_t1.0_i2"])
+for start in ("1.0", "0.3", "0.1", "0.02"):
+    prior = {"regression_prior#ckpt_path": UNET, "regression_prior#start": start, "num_samples": "4"}
+    SETTINGS[f"prior_s{start}"] = prior
+    SETTINGS[f"prior_s{start}_drr"] = dict(prior, **DRR_BEST)
 GROUPS = {
     "drr": ["off", "drr_l0.5_t0.5", "drr_l1.0_t0.5", "drr_l0.5_t1.0", "drr_l1.0_t1.0_i2"],
     "cfg": ["off", "cfg_1.5", "cfg_2.0", "cfg_1.5_drr_l0.5_t0.5"],
+    "prior": [f"prior_s{s}{g}" for s in ("1.0", "0.3", "0.1", "0.02") for g in ("", "_drr")],
 }
 
 

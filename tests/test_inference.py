@@ -200,6 +200,13 @@ def test_inference_workflow_writes_ct_uncertainty_dicom_preview_and_report(tmp_p
         assert summary["input"] == "ct" and summary["views"] == ["pa", "lateral"] and summary["num_samples"] == 2
         assert summary["spacing_mm"] == [20.0, 20.0, 20.0] and 0 < summary["drr_error"] < 2
         assert summary["datalist_index"] == i and "input_files" not in summary  # file names only when asked
+        assert summary["sampling"] == {  # the recipe of this CT: the test config's sampling settings
+            "num_inference_steps": 2,
+            "stages": None,
+            "guidance_scale": 1.0,
+            "drr_guidance": None,
+            "regression_prior": None,
+        }
         # The CT input's reading: how much of the 320 mm cube it fills (these 320 mm phantoms, re-centred on the
         # body, leave up to 20 mm of air) and what the report warns about (tested exactly in test_ct_ingestion).
         reading = summary["reading"]["ct"]

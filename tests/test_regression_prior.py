@@ -173,6 +173,7 @@ def test_inference_config_builds_the_sampler_with_the_prior(tmp_path):
     sampler = parser.get_parsed_content("sampler")
     assert isinstance(sampler.prior, RegressionPrior) and isinstance(sampler.prior.network, LiftedRegressor)
     assert (sampler.prior_stages, sampler.prior_start) == (1, 0.4)
+    assert sampler.settings()["regression_prior"] == {"checkpoint": "unet.pt", "stages": 1, "start": 0.4}
     off = config_parser("inference.yaml")
     off["prediction_type"], off["noise_schedule"], off["num_train_timesteps"] = (
         "v_prediction",

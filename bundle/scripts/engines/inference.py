@@ -79,6 +79,12 @@ def _case_name(case: Mapping, index: int, names_from_files: bool) -> str:
     return name
 
 
+def _sampling(inferer) -> dict | None:
+    """The sampler's settings (``CascadeSampler.settings``), or ``None`` for an inferer that does not state them."""
+    settings = getattr(getattr(inferer, "sampler", None), "settings", None)
+    return settings() if callable(settings) else None
+
+
 class CTInferenceWorkflow:
     """Generate a CT for every case of a datalist and write the results; failures are reported, not fatal.
 
@@ -203,6 +209,8 @@ class CTInferenceWorkflow:
             "shape": list(hu.shape[1:]),
             "spacing_mm": list(voxel_spacing(hu)),
             "num_samples": samples,
+            # How it was generated (steps, guidance, the regression prior's file name): a CT is read with its recipe.
+            "sampling": _sampling(self.inferer),
             "drr_error_per_view": errors,
             "drr_error": float(np.mean(list(errors.values()))),
             "mean_std_hu": float(std.mean()),

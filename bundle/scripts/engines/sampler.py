@@ -7,6 +7,7 @@ flow (MONAI core), so the sampler has no branch on the scheduler type inside the
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -91,6 +92,30 @@ class CascadeSampler(Inferer):
         self.amp, self.progress = flag(amp, "amp"), flag(progress, "progress_bar")
         self.cache_conditioning = bool(cache_conditioning)
         self.guidance, self.guidance_scale = guidance, float(guidance_scale)
+
+    def settings(self) -> dict:
+        """How this sampler makes a CT (JSON-plain), for the per-case record of the inference workflow."""
+        guidance = self.guidance
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "stages": self.stages,
+            "guidance_scale": self.guidance_scale,
+            "drr_guidance": None
+            if guidance is None
+            else {
+                "strength": guidance.strength,
+                "iterations": guidance.iterations,
+                "t_max": guidance.t_max,
+                "stages": None if guidance.stages is None else sorted(guidance.stages),
+            },
+            "regression_prior": None
+            if self.prior is None
+            else {
+                "checkpoint": getattr(self.prior, "name", type(self.prior).__name__),
+                "stages": self.prior_stages,
+                "start": self.prior_start,
+            },
+        }
 
     def _steps(self, stage: int) -> int:
         steps = self.num_inference_steps
@@ -221,8 +246,9 @@ class RegressionPrior:
         clip: clamp the estimate to the CT scale [−1, 1].
     """
 
-    def __init__(self, network: torch.nn.Module, clip: bool = True) -> None:
+    def __init__(self, network: torch.nn.Module, clip: bool = True, name: str | None = None) -> None:
         self.network, self.clip = network.eval(), clip
+        self.name = name or type(network).__name__  # the checkpoint's file name in the per-case record
 
     @classmethod
     def from_checkpoint(cls, path, model_config=None, device=None) -> RegressionPrior:
@@ -240,7 +266,7 @@ class RegressionPrior:
             check_model_config({k: record[k] for k in shared}, {k: model_config[k] for k in shared}, path)
         network = build_network(record)
         load_network_weights(network, path, None)
-        return cls(network.to(device) if device is not None else network)
+        return cls(network.to(device) if device is not None else network, name=os.path.basename(os.fspath(path)))
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
