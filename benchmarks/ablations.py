@@ -98,6 +98,7 @@ def _evaluate(folder: Path, ckpt: Path, inputs: Path, real: Path, extra: dict) -
     files = ["common.yaml", "inference.yaml", "evaluate.yaml"]
     common = {"ckpt_path": str(ckpt), "evaluation#baselines": "{}", "progress_bar": "False", "overwrite": "True"}
     common.update(evaluation_figures="False", **extra)
+    common["drr_guidance#enabled"] = "False"  # the plain sampler: the claims are about training, not guidance
     result = {}
     for name, dataset in (("phantoms", inputs), ("real_ct", real)):
         out = folder / f"eval_{name}"

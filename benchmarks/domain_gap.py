@@ -201,6 +201,7 @@ def evaluate(variant: str, root: Path, sampling: dict | None = None) -> dict:
     ckpt = root / variant / "ckpt" / "stage_1" / "model.pt"
     files = ["common.yaml", "inference.yaml", "evaluate.yaml"]
     common = {"ckpt_path": str(ckpt), "evaluation#baselines": "{}", "progress_bar": "False", "overwrite": "True"}
+    common["drr_guidance#enabled"] = "False"  # what was measured: the plain sampler (0.6.0's default guides CT inputs)
     common.update(sampling or {})
     record: dict = {"variant": variant, "checkpoint": str(ckpt)}
     # (a) held-out phantoms (evaluate.yaml's default set: seeds 1000-1007, 7 test cases)

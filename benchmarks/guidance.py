@@ -29,7 +29,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 FILES = ["common.yaml", "inference.yaml", "evaluate.yaml"]
 
 #: name -> overrides. "off" is the plain sampler; drr_* the SART guidance (strength λ, iterations, t_max); cfg_* the
-#: classifier-free guidance scale (needs a checkpoint trained with condition dropout).
+#: classifier-free guidance scale (needs a checkpoint trained with condition dropout). Every setting starts from
+#: PLAIN (inference.yaml's defaults since 0.6.0 guide CT inputs and add the regression prior): the rows stay what
+#: they measured, one sample of the plain cascade, whatever the defaults become.
+PLAIN = {
+    "drr_guidance#enabled": "False",
+    "drr_guidance#strength": "0.5",
+    "drr_guidance#iterations": "1",
+    "drr_guidance#t_max": "0.5",
+    "regression_prior#ckpt_path": "None",
+    "num_samples": "1",
+    "guidance_scale": "1.0",
+}
 SETTINGS = {
     "off": {},
     "drr_l0.5_t0.5": {"drr_guidance#enabled": "True", "drr_guidance#strength": "0.5", "drr_guidance#t_max": "0.5"},
@@ -60,6 +71,7 @@ for start in ("1.0", "0.3", "0.1", "0.02"):
     prior = {"regression_prior#ckpt_path": UNET, "regression_prior#start": start, "num_samples": "4"}
     SETTINGS[f"prior_s{start}"] = prior
     SETTINGS[f"prior_s{start}_drr"] = dict(prior, **DRR_BEST)
+SETTINGS = {name: dict(PLAIN, **overrides) for name, overrides in SETTINGS.items()}
 GROUPS = {
     "drr": ["off", "drr_l0.5_t0.5", "drr_l1.0_t0.5", "drr_l0.5_t1.0", "drr_l1.0_t1.0_i2"],
     "cfg": ["off", "cfg_1.5", "cfg_2.0", "cfg_1.5_drr_l0.5_t0.5"],

@@ -56,6 +56,7 @@ def train_shipped_recipe(root: Path, seed: int = 0) -> dict:
 def evaluate(ckpt: Path, out_root: Path, baselines: str = "{}") -> dict:
     """(a) held-out phantoms and (b) the real CT for one checkpoint; the means of metrics.json."""
     common = {"ckpt_path": str(ckpt), "evaluation#baselines": baselines, "progress_bar": "False", "overwrite": "True"}
+    common["drr_guidance#enabled"] = "False"  # what was measured: the plain sampler (0.6.0's default guides CT inputs)
     record: dict = {"checkpoint": str(ckpt)}
     out = out_root / "eval_phantoms"
     seconds = _bundle_once(FILES, dict(common, dataset_dir=str(out_root / "phantoms"), output_dir=str(out)), out)

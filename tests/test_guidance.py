@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
 from conftest import CHEST, SMALL_STAGES, config_parser, small_cascade, small_geometry
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 from scripts.checkpoint import check_guidance_scale, save_checkpoint
-from scripts.engines import CascadeSampler, DiffusionObjective, DRRConsistencyLoss, DRRGuidance
+from scripts.engines import CascadeSampler, CTInferer, DiffusionObjective, DRRConsistencyLoss, DRRGuidance
 from scripts.physics import DRRRenderer, RadiographComposer, hu_to_ct_scale, voxelize_ellipsoids
+from scripts.utils import guidance_mode
 
 WINDOW = (-1000.0, 2000.0)
 
@@ -203,5 +205,38 @@ def test_inference_config_builds_the_guided_sampler():
     parser["hu_window"] = list(WINDOW)
     sampler = parser.get_parsed_content("sampler")
     assert isinstance(sampler.guidance, DRRGuidance) and sampler.guidance_scale == 1.5
-    assert (sampler.guidance.strength, sampler.guidance.iterations, sampler.guidance.t_max) == (0.8, 1, 0.5)
+    assert (sampler.guidance.strength, sampler.guidance.iterations, sampler.guidance.t_max) == (0.8, 2, 1.0)
     assert sampler.guidance.stages == {1}
+
+
+@pytest.mark.parametrize(
+    "value, mode",
+    [("auto", "rendered"), ("AUTO", "rendered"), (True, "all"), ("true", "all"), ("yes", "all"), (False, "off")]
+    + [("false", "off"), ("off", "off"), ("all", "all")],
+)
+def test_guidance_mode_reads_auto_and_yes_no(value, mode):
+    assert guidance_mode(value) == mode
+
+
+def test_guidance_mode_refuses_other_words_by_name():
+    message = (
+        "drr_guidance#enabled must be auto (guide views rendered from a CT, not radiographs), true or false, "
+        "got 'sometimes'."
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        guidance_mode("sometimes")
+
+
+@torch.no_grad()
+def test_auto_guides_rendered_views_only():
+    net = small_cascade(SMALL_STAGES, random_weights=True)
+    _, views = _chest_case()
+    guidance = DRRGuidance(_composer(), WINDOW, _objective(), strength=1.0, iterations=1, t_max=1.0)
+    plain = CTInferer(CascadeSampler(_ddim(), 3, seed=5), seed=2)(views, net)
+    auto = CTInferer(CascadeSampler(_ddim(), 3, seed=5, guidance=guidance), seed=2, guide="auto")
+    always = CTInferer(CascadeSampler(_ddim(), 3, seed=5, guidance=guidance), seed=2, guide=True)
+    # A radiograph (rendered=False, also MONAI Label's two-argument call) is sampled exactly as without guidance.
+    assert torch.equal(auto(views, net), plain) and torch.equal(auto(views, net, rendered=False), plain)
+    guided = auto(views, net, rendered=True)
+    assert torch.equal(guided, always(views, net)) and not torch.equal(guided, plain)
+    assert (auto.guides(True), auto.guides(False), always.guides(False)) == (True, False, True)

@@ -204,8 +204,9 @@ def test_inference_workflow_writes_ct_uncertainty_dicom_preview_and_report(tmp_p
             "num_inference_steps": 2,
             "stages": None,
             "guidance_scale": 1.0,
-            "drr_guidance": None,
-            "regression_prior": None,
+            "drr_guidance": {"strength": 1.0, "iterations": 2, "t_max": 1.0, "stages": None},
+            "regression_prior": None,  # a checkpoint other than the shipped models/model.pt gets none by default
+            "drr_guidance_applied": True,  # "auto": the views were rendered from this CT input
         }
         # The CT input's reading: how much of the 320 mm cube it fills (these 320 mm phantoms, re-centred on the
         # body, leave up to 20 mm of air) and what the report warns about (tested exactly in test_ct_ingestion).
@@ -360,7 +361,8 @@ def test_default_inference_of_the_shipped_model_is_unchanged(tmp_path):
     0.2.0 before the configs were stacked and the settings read from the checkpoint (bit-identical through that
     change), re-recorded when the anatomical phantoms replaced the ellipsoid ones (the input changed, the model
     and the sampler did not), and when the shipped model was retrained on them (0.5.0; the sampler unchanged, guided
-    sampling off by default), and when the default became the mean of 4 samples.
+    sampling off by default), when the default became the mean of 4 samples, and in 0.6.0 when the default became
+    the shipped U-Net's CT as the first estimate (stage 1 from it at t/T = 0.1) with DRR guidance of CT inputs.
 
     Tolerances: the CT is written as int16 HU, and float32 network arithmetic differs between CPUs by a few ulp per
     operation, which can flip a voxel's rounding by 1 HU; a slice mean therefore moves by at most 1 HU. A changed

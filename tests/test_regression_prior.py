@@ -116,7 +116,7 @@ def _record(network: str, prediction_type: str, hu_window=WINDOW, stages=(REGRES
         physics=PHYSICS,
         hu_window=hu_window,
         prediction_type=prediction_type,
-        noise_schedule=None,
+        noise_schedule=None if prediction_type == "regression" else "scaled_linear_beta",
         num_train_timesteps=1000,
     )
 
@@ -174,10 +174,12 @@ def test_inference_config_builds_the_sampler_with_the_prior(tmp_path):
     assert isinstance(sampler.prior, RegressionPrior) and isinstance(sampler.prior.network, LiftedRegressor)
     assert (sampler.prior_stages, sampler.prior_start) == (1, 0.4)
     assert sampler.settings()["regression_prior"] == {"checkpoint": "unet.pt", "stages": 1, "start": 0.4}
-    off = config_parser("inference.yaml")
-    off["prediction_type"], off["noise_schedule"], off["num_train_timesteps"] = (
-        "v_prediction",
-        "scaled_linear_beta",
-        1000,
-    )
-    assert off.get_parsed_content("sampler").prior is None
+    # Defaults: the shipped cascade comes with the shipped U-Net as its prior; any other checkpoint with none.
+    shipped = config_parser("inference.yaml")
+    shipped["prediction_type"], shipped["noise_schedule"] = "v_prediction", "scaled_linear_beta"
+    sampler = shipped.get_parsed_content("sampler")
+    assert sampler.settings()["regression_prior"] == {"checkpoint": "unet_3d.pt", "stages": 1, "start": 0.1}
+    save_checkpoint(tmp_path / "mine.pt", small_cascade(SMALL_STAGES).state_dict(), model_config=record)
+    other = config_parser("inference.yaml", ckpt_path=str(tmp_path / "mine.pt"))
+    sampler = other.get_parsed_content("sampler")
+    assert sampler.prior is None and sampler.prior_start == 1.0

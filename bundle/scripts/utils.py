@@ -29,6 +29,23 @@ def flag(value: bool | str, name: str) -> bool:
         raise ValueError(f"{name} must be true or false, got {value!r}.") from None
 
 
+GUIDANCE_MODES = {"auto": "rendered", "rendered": "rendered", "all": "all", "off": "off"}
+
+
+def guidance_mode(value: bool | str, name: str = "drr_guidance#enabled") -> str:
+    """Which cases a guided sampler guides: ``"all"`` (true), ``"off"`` (false) or ``"rendered"`` (``auto``: the
+    cases whose views the pipeline rendered from a CT input, i.e. exact DRRs; radiographs are not guided)."""
+    text = str(value).strip().lower()
+    if text in GUIDANCE_MODES:
+        return GUIDANCE_MODES[text]
+    try:
+        return "all" if flag(value, name) else "off"
+    except ValueError:
+        raise ValueError(
+            f"{name} must be auto (guide views rendered from a CT, not radiographs), true or false, got {value!r}."
+        ) from None
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwrite: bool = False) -> None:
     """Write ``path`` through ``writer(temp_path)`` in the same folder, fsync, then rename over it.
 

@@ -10,6 +10,7 @@ case is reported and the others still complete.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -79,10 +80,16 @@ def _case_name(case: Mapping, index: int, names_from_files: bool) -> str:
     return name
 
 
-def _sampling(inferer) -> dict | None:
-    """The sampler's settings (``CascadeSampler.settings``), or ``None`` for an inferer that does not state them."""
+def _sampling(inferer, rendered: bool) -> dict | None:
+    """The sampler's settings (``CascadeSampler.settings``) and whether this case was DRR-guided, or ``None`` for an
+    inferer that does not state them."""
     settings = getattr(getattr(inferer, "sampler", None), "settings", None)
-    return settings() if callable(settings) else None
+    if not callable(settings):
+        return None
+    record = settings()
+    guides = getattr(inferer, "guides", None)
+    record["drr_guidance_applied"] = bool(record["drr_guidance"] is not None and (guides is None or guides(rendered)))
+    return record
 
 
 class CTInferenceWorkflow:
@@ -166,6 +173,12 @@ class CTInferenceWorkflow:
             "dicom": folder / f"{name}_dicom",
         }
 
+    def _infer(self, views: torch.Tensor, mask: torch.Tensor, rendered: bool) -> torch.Tensor:
+        """The inferer on one case; ``rendered`` reaches inferers that take it (:class:`CTInferer`)."""
+        if "rendered" in inspect.signature(self.inferer.__call__).parameters:
+            return self.inferer(views, self.network, view_mask=mask, rendered=rendered)
+        return self.inferer(views, self.network, view_mask=mask)
+
     def _run_case(self, index: int, case: Mapping) -> dict:
         name = _case_name(case, index, self.names_from_files)
         targets = self._targets(name)
@@ -180,7 +193,8 @@ class CTInferenceWorkflow:
         data = self.preprocessing(dict(case))
         views, mask = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["image_mask"]).bool()
         generation = time.perf_counter()
-        out = self.inferer(views[None].to(self.device), self.network, view_mask=mask[None].to(self.device))
+        rendered = "ct" in data  # views rendered from a CT input: exact DRRs (what drr_guidance "auto" guides)
+        out = self._infer(views[None].to(self.device), mask[None].to(self.device), rendered)
         data["pred"] = out[0].cpu()
         generation = time.perf_counter() - generation  # the sampler alone (.cpu() waits for the device): the
         # evaluation compares it with each baseline's forward pass; `seconds` below is the whole case
@@ -210,7 +224,7 @@ class CTInferenceWorkflow:
             "spacing_mm": list(voxel_spacing(hu)),
             "num_samples": samples,
             # How it was generated (steps, guidance, the regression prior's file name): a CT is read with its recipe.
-            "sampling": _sampling(self.inferer),
+            "sampling": _sampling(self.inferer, rendered),
             "drr_error_per_view": errors,
             "drr_error": float(np.mean(list(errors.values()))),
             "mean_std_hu": float(std.mean()),

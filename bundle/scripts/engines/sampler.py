@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
 from ..networks import XrayToCTCascade, unwrap
 from ..physics import ct_scale_to_hu
-from ..utils import flag
+from ..utils import flag, guidance_mode
 
 __all__ = ["CTInferer", "CascadeSampler", "RegressionInferer", "RegressionPrior", "XrayToCT", "views_and_mask"]
 
@@ -136,13 +136,14 @@ class CascadeSampler(Inferer):
         views: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
         start: torch.Tensor | None = None,
+        guide: bool = True,
     ) -> torch.Tensor:
         """One stage's sample ``(B, 1, X, Y, Z)`` from pure noise; ``views (B, V, H, W)`` (network scale) and
         ``view_mask (B, V)`` are what the DRR guidance compares with (needed only with ``guidance``); ``start``: a
         CT-scale volume on this stage's grid to start from, noised to the first timestep with ``t / T <=
-        prior_start`` (the steps before it are skipped)."""
+        prior_start`` (the steps before it are skipped); ``guide`` false: no DRR guidance for this call."""
         device = encoding.tokens.device
-        guided = self.guidance is not None and self.guidance.guides_stage(stage)
+        guided = guide and self.guidance is not None and self.guidance.guides_stage(stage)
         if guided and views is None:
             raise ValueError("DRR guidance needs the input views: call the sampler with them.")
         cfg = self.guidance_scale != 1.0
@@ -199,11 +200,13 @@ class CascadeSampler(Inferer):
         view_mask: torch.Tensor | None = None,
         previous: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        guide: bool = True,
     ) -> torch.Tensor:
         """``inputs (B, V, H, W)`` X-rays -> ``(B, 1, X, Y, Z)`` sample of the last requested stage.
 
         ``previous`` replaces the first requested stage's conditioning (e.g. the ground truth on the previous grid
-        when validating one stage of a progressive run).
+        when validating one stage of a progressive run); ``guide`` false switches the DRR guidance off for this
+        call (the inferer's ``drr_guidance`` mode decides per case).
         """
         net = unwrap(network)
         stages = self.stages if self.stages is not None else list(range(net.num_stages))
@@ -221,7 +224,7 @@ class CascadeSampler(Inferer):
         for i, stage in enumerate(stages):
             first = start if i == 0 else None
             sample = self.sample_stage(
-                net, encoding, stage, sample, inputs.shape[0], generator, inputs, view_mask, start=first
+                net, encoding, stage, sample, inputs.shape[0], generator, inputs, view_mask, start=first, guide=guide
             )
         return sample
 
@@ -294,8 +297,9 @@ class RegressionInferer(Inferer):
         view_mask: torch.Tensor | None = None,
         previous: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        guide: bool = True,
     ) -> torch.Tensor:
-        """``inputs (B, V, H, W)`` -> ``(B, 1, X, Y, Z)`` on the CT scale."""
+        """``inputs (B, V, H, W)`` -> ``(B, 1, X, Y, Z)`` on the CT scale (``guide``: unused, nothing to guide)."""
         out = network(None, None, inputs, view_mask=view_mask).float()
         return out.clamp(-1.0, 1.0) if self.clip else out
 
@@ -327,23 +331,39 @@ class CTInferer(Inferer):
         sampler: :class:`CascadeSampler` (diffusion) or :class:`RegressionInferer` (deterministic baselines).
         num_samples: independent draws per case (each from its own noise).
         seed: seed of the draws (the same seed and inputs give the same CT).
+        guide: which cases the sampler's DRR guidance applies to: ``"all"``, ``"off"``, or ``"rendered"`` (only
+            calls with ``rendered=True``: views the pipeline rendered from a CT, i.e. exact DRRs; a radiograph is a
+            processed film, on which the pull was measured to cost PSNR). ``auto``/``true``/``false`` are read as in
+            ``drr_guidance#enabled`` (:func:`scripts.utils.guidance_mode`).
     """
 
-    def __init__(self, sampler: Inferer, num_samples: int = 1, seed: int = 0) -> None:
+    def __init__(self, sampler: Inferer, num_samples: int = 1, seed: int = 0, guide: str | bool = "all") -> None:
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
         self.sampler, self.num_samples, self.seed = sampler, num_samples, int(seed)
+        self.guide = guidance_mode(guide)
+
+    def guides(self, rendered: bool) -> bool:
+        """Whether a case's sampling is DRR-guided: ``rendered``: its views were rendered from a CT input."""
+        return self.guide == "all" or (self.guide == "rendered" and bool(rendered))
 
     @torch.no_grad()
     def __call__(
-        self, inputs: torch.Tensor, network: torch.nn.Module, view_mask: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        view_mask: torch.Tensor | None = None,
+        rendered: bool = False,
     ) -> torch.Tensor:
+        """``rendered``: the views were rendered from a CT input (what ``guide="rendered"`` guides); MONAI Label's
+        call (``inferer(inputs, network)``) gives radiographs, so false."""
         views, mask = views_and_mask(inputs.float(), view_mask)  # (B, V, H, W), (B, V)
+        guide = self.guides(rendered)
         generator = torch.Generator().manual_seed(self.seed)
         total = total_sq = None
         for _ in range(self.num_samples):  # running sums: memory stays at two volumes for any num_samples
-            sample = self.sampler(views, network, view_mask=mask, generator=generator).double()  # (B, 1, X, Y, Z)
+            sample = self.sampler(views, network, view_mask=mask, generator=generator, guide=guide).double()
             total = sample if total is None else total + sample
             total_sq = sample**2 if total_sq is None else total_sq + sample**2
         mean = total / self.num_samples
