@@ -51,6 +51,9 @@ def preset_parser(preset: str, device: str):
     parser["device"] = f"$torch.device('{device}')"
     parser["amp"] = device.startswith("cuda")
     parser["progress_bar"] = False
+    # The cascade's own cost: no regression prior (it would skip stage 0) and no DRR guidance, whatever the defaults.
+    parser["regression_prior#ckpt_path"] = None
+    parser["drr_guidance#enabled"] = False
     return parser
 
 
@@ -200,6 +203,7 @@ def time_workflow(preset: str, device: str, steps: int, stamp: dict) -> dict:
             ckpt_path=str(ckpt),
             num_inference_steps=int(steps),
             progress_bar=False,
+            **{"drr_guidance#enabled": False},  # the plain sampler, as the recorded rows (0.6.0 guides CT inputs)
         )
         workflow.initialize()
         wall = timed_call(workflow.run)[1]
