@@ -11,7 +11,7 @@ import torch
 from conftest import SMALL_ENCODER, SMALL_GEOMETRY, SMALL_STAGES, config_parser, small_cascade
 from monai.networks.schedulers import DDIMScheduler
 from scripts.checkpoint import model_config, save_checkpoint
-from scripts.engines import CascadeSampler, RegressionPrior
+from scripts.engines import CascadeSampler, RegressionPrior, shipped_prior
 from scripts.networks import LiftedRegressor
 from scripts.physics import ProjectionGeometry
 
@@ -183,3 +183,14 @@ def test_inference_config_builds_the_sampler_with_the_prior(tmp_path):
     other = config_parser("inference.yaml", ckpt_path=str(tmp_path / "mine.pt"))
     sampler = other.get_parsed_content("sampler")
     assert sampler.prior is None and sampler.prior_start == 1.0
+
+
+def test_shipped_prior_pairs_only_the_shipped_cascade_and_warns_when_its_unet_is_missing(tmp_path, caplog):
+    (tmp_path / "models" / "baselines").mkdir(parents=True)
+    (tmp_path / "models" / "model.pt").write_bytes(b"")
+    assert shipped_prior(tmp_path / "models" / "model.pt", tmp_path) is None  # no U-Net file in this copy
+    assert f"regression_prior: {tmp_path / 'models' / 'baselines' / 'unet_3d.pt'} is missing" in caplog.text
+    (tmp_path / "models" / "baselines" / "unet_3d.pt").write_bytes(b"")
+    assert shipped_prior(tmp_path / "models" / "model.pt", tmp_path) == str(tmp_path / "models/baselines/unet_3d.pt")
+    assert shipped_prior(tmp_path / "models" / ".." / "models" / "model.pt", tmp_path) is not None  # same file
+    assert shipped_prior(tmp_path / "mine.pt", tmp_path) is None  # the user's own cascade: no prior by default

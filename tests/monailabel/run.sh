@@ -6,7 +6,7 @@
 #
 # 1. A virtual environment with MONAI Label (its own: MONAI Label needs numpy<2 and pydicom<3, the bundle's
 #    environment has numpy 2 and pydicom 3), created once under $MONAILABEL_VENV and reused.
-# 2. A copy of bundle/ (configs, scripts, models/model.pt when shipped) and of monailabel_app/ side by side in a work
+# 2. A copy of bundle/ (configs, scripts, models/model.pt and models/baselines/ when shipped) and of monailabel_app/ side by side in a work
 #    folder, as in the repository. Without a shipped model.pt, untrained weights of the configured preset are saved
 #    into the copy (bundle/ is never written).
 # 3. Inputs, made with the bundle's own environment ($BUNDLE_PYTHON): a phantom CT (NIfTI) and its PA/lateral views
@@ -138,7 +138,9 @@ rm -rf "$APP/model" "$APP/logs" "$APP/bin"
 find "$BUNDLE" "$APP" -name __pycache__ -prune -exec rm -rf {} +
 if [[ -f "$ROOT/bundle/models/model.pt" ]]; then
     cp "$ROOT/bundle/models/model.pt" "$BUNDLE/models/model.pt"
-    log "bundle and app copied to $WORK with the shipped models/model.pt"
+    # The shipped cascade is sampled with its regression prior by default (inference.yaml regression_prior).
+    cp -R "$ROOT/bundle/models/baselines" "$BUNDLE/models/"
+    log "bundle and app copied to $WORK with the shipped models/model.pt and models/baselines/"
 else
     log "bundle and app copied to $WORK; no shipped models/model.pt: untrained weights will be made for the copy"
 fi

@@ -8,7 +8,15 @@ from .losses import DRRConsistencyLoss
 from .objective import PREDICTION_TYPES, DiffusionObjective, RegressionObjective
 from .pacs import DicomWebRoundTrip, choose_views
 from .preview import orthogonal_slices, save_preview
-from .sampler import CascadeSampler, CTInferer, RegressionInferer, RegressionPrior, XrayToCT, views_and_mask
+from .sampler import (
+    CascadeSampler,
+    CTInferer,
+    RegressionInferer,
+    RegressionPrior,
+    XrayToCT,
+    shipped_prior,
+    views_and_mask,
+)
 from .trainer import CascadeDiffusionTrainer, freeze_for_stage
 from .workflow import DRRPreviewHandler, StageBatch, drr_error_pairs
 
@@ -29,6 +37,7 @@ __all__ = [
     "RegressionObjective",
     "StageBatch",
     "XrayToCT",
+    "shipped_prior",
     "choose_views",
     "drr_consistency",
     "drr_error_pairs",
