@@ -37,7 +37,7 @@ PLAIN = {
     "drr_guidance#strength": "0.5",
     "drr_guidance#iterations": "1",
     "drr_guidance#t_max": "0.5",
-    "regression_prior#ckpt_path": "None",
+    "regression_prior#ckpt_path": "false",  # MONAI drops an override of None
     "num_samples": "1",
     "guidance_scale": "1.0",
 }

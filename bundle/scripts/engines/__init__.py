@@ -14,6 +14,7 @@ from .sampler import (
     RegressionInferer,
     RegressionPrior,
     XrayToCT,
+    load_regression_prior,
     shipped_prior,
     views_and_mask,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "RegressionObjective",
     "StageBatch",
     "XrayToCT",
+    "load_regression_prior",
     "shipped_prior",
     "choose_views",
     "drr_consistency",

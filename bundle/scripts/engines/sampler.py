@@ -27,6 +27,7 @@ __all__ = [
     "RegressionInferer",
     "RegressionPrior",
     "XrayToCT",
+    "load_regression_prior",
     "shipped_prior",
     "views_and_mask",
 ]
@@ -262,6 +263,19 @@ def shipped_prior(ckpt_path: str | os.PathLike, bundle_root: str | os.PathLike) 
         )
         return None
     return str(prior)
+
+
+#: What switches the regression prior off on the command line (MONAI's runner drops an override of ``None``).
+PRIOR_OFF = ("", "none", "null", "false", "off", "no")
+
+
+def load_regression_prior(path, model_config=None, device=None) -> RegressionPrior | None:
+    """inference.yaml's ``regression_prior#ckpt_path`` as a prior: ``None``, ``false`` or ``none`` (any of
+    :data:`PRIOR_OFF`, any case) is off; anything else is a regression checkpoint
+    (:meth:`RegressionPrior.from_checkpoint`)."""
+    if path is None or path is False or str(path).strip().lower() in PRIOR_OFF:
+        return None
+    return RegressionPrior.from_checkpoint(path, model_config, device)
 
 
 def _resample(volume: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
