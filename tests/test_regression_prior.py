@@ -11,7 +11,7 @@ import torch
 from conftest import SMALL_ENCODER, SMALL_GEOMETRY, SMALL_STAGES, config_parser, small_cascade
 from monai.networks.schedulers import DDIMScheduler
 from scripts.checkpoint import model_config, save_checkpoint
-from scripts.engines import CascadeSampler, RegressionPrior, load_regression_prior, shipped_prior
+from scripts.engines import CascadeSampler, CTInferer, RegressionPrior, load_regression_prior, shipped_prior
 from scripts.networks import LiftedRegressor
 from scripts.physics import ProjectionGeometry
 
@@ -200,3 +200,20 @@ def test_shipped_prior_pairs_only_the_shipped_cascade_and_warns_when_its_unet_is
 def test_the_command_line_switches_the_prior_off_with_false_or_none(off):
     # MONAI's runner drops an override of None, so `--regression_prior#ckpt_path false` is the switch.
     assert load_regression_prior(off) is None
+
+
+@torch.no_grad()
+def test_the_prior_runs_once_per_case_not_once_per_sample(tmp_path):
+    net = _regressor_checkpoint(tmp_path / "unet.pt")
+    prior = RegressionPrior.from_checkpoint(tmp_path / "unet.pt")
+    calls = []
+    prior.network.register_forward_hook(lambda module, args, out: calls.append(1))
+    views, other = torch.rand(1, 2, 32, 32) * 2 - 1, torch.rand(1, 2, 32, 32) * 2 - 1
+    first, again = prior(views), prior(views)
+    assert len(calls) == 1 and again is first  # the same tensors: the estimate is reused
+    assert torch.equal(prior(other), net(None, None, other).float().clamp(-1, 1)) and len(calls) == 2
+    # Four samples of one case through CTInferer: the U-Net runs once.
+    cascade = small_cascade(SMALL_STAGES, random_weights=True)
+    cascade_views = torch.rand(1, 2, 32, 32) * 2 - 1
+    CTInferer(CascadeSampler(_ddim(), 2, prior=prior), num_samples=4)(cascade_views, cascade)
+    assert len(calls) == 3

@@ -19,7 +19,7 @@ from .model_config import (
     model_config,
     read_model_config,
 )
-from .weights import build_network, load_earlier_stages, load_network_weights, stage_checkpoint
+from .weights import build_network, load_earlier_stages, load_network_weights, load_regressor, stage_checkpoint
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -34,6 +34,7 @@ __all__ = [
     "load_checkpoint",
     "load_earlier_stages",
     "load_network_weights",
+    "load_regressor",
     "model_config",
     "plain",
     "read_model_config",

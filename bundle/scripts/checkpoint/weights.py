@@ -16,7 +16,10 @@ from ..physics import ProjectionGeometry
 from .files import load_checkpoint
 from .model_config import check_model_config, read_model_config
 
-__all__ = ["build_network", "load_earlier_stages", "load_network_weights", "stage_checkpoint"]
+__all__ = ["build_network", "load_earlier_stages", "load_network_weights", "load_regressor", "stage_checkpoint"]
+
+#: What a regressor and the model it serves must agree on, so that the same views mean the same thing to both.
+SHARED_WITH_REGRESSOR = ("geometry", "physics", "fov_mm", "hu_window")
 
 #: The model weights of a checkpoint of an earlier layout, the first key present: the shipped 0.2.0 model, the EMA
 #: weights (validated and kept), the raw training weights. A checkpoint with none of them is itself the state dict
@@ -132,3 +135,15 @@ def build_network(model_config: Mapping, gradient_checkpointing: bool = False) -
         use_depth_lifting=model_config["use_depth_lifting"],
         gradient_checkpointing=gradient_checkpointing,
     )
+
+
+def load_regressor(path: str | os.PathLike, record: Mapping, model_config: Mapping | None = None) -> nn.Module:
+    """The network of regression checkpoint ``path`` (``record``: its model config, already read), built and loaded
+    with ``weights_only``; ``model_config``: the model it serves, whose geometry, physics, field of view and HU
+    window it must share (else refused naming the key and the file; ``None``: not checked)."""
+    if model_config is not None:
+        shared = SHARED_WITH_REGRESSOR
+        check_model_config({k: record[k] for k in shared}, {k: model_config[k] for k in shared}, path)
+    network = build_network(record)
+    load_network_weights(network, path, None)
+    return network

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.transforms import LoadImage
 
-from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
+from ..checkpoint import load_regressor, read_model_config
 from ..data import FINDING_LABELS, LABEL_KEY, PHANTOM_LABELS, body_mask, label_on_grid, voxel_spacing
 from ..physics import ct_scale_to_hu
 from ..utils import atomic_write, flag
@@ -399,12 +399,7 @@ class CTEvaluation:
                 raise ValueError(
                     f"baselines.{name}: {path} is not a regression baseline ({record['prediction_type']})."
                 )
-            if self.model_config is not None:  # the same views must mean the same thing to both
-                shared = ("geometry", "physics", "fov_mm", "hu_window")
-                check_model_config({k: record[k] for k in shared}, {k: self.model_config[k] for k in shared}, path)
-            network = build_network(record)
-            load_network_weights(network, path, None)
-            self._networks[name] = network.to(device).eval()
+            self._networks[name] = load_regressor(path, record, self.model_config).to(device).eval()
         return self._networks[name]
 
     def _baseline(self, name: str, views: torch.Tensor, mask: torch.Tensor, device, like) -> tuple[torch.Tensor, float]:

@@ -16,7 +16,7 @@ import torch
 from monai.inferers import Inferer
 from tqdm import tqdm
 
-from ..checkpoint import build_network, check_model_config, load_network_weights, read_model_config
+from ..checkpoint import load_regressor, read_model_config
 from ..networks import XrayToCTCascade, unwrap
 from ..physics import ct_scale_to_hu
 from ..utils import flag, guidance_mode
@@ -299,8 +299,12 @@ class RegressionPrior:
     """
 
     def __init__(self, network: torch.nn.Module, clip: bool = True, name: str | None = None) -> None:
-        self.network, self.clip = network.eval(), clip
+        self.network, self._inferer = network.eval(), RegressionInferer(clip)
         self.name = name or type(network).__name__  # the checkpoint's file name in the per-case record
+        # The last call's (inputs, view_mask, estimate): CTInferer draws every sample from the same views, and the
+        # estimate is deterministic, so it is computed once per case, not once per sample. One tuple, replaced
+        # whole, so that concurrent callers never pair one call's inputs with another's estimate.
+        self._last: tuple | None = None
 
     @classmethod
     def from_checkpoint(cls, path, model_config=None, device=None) -> RegressionPrior:
@@ -313,18 +317,18 @@ class RegressionPrior:
                 f"regression_prior: {path} is not a regression checkpoint (prediction_type "
                 f"{record['prediction_type']!r}); train one with configs/stages/baseline_unet3d.yaml."
             )
-        if model_config is not None:  # the same views must mean the same thing to both networks
-            shared = ("geometry", "physics", "fov_mm", "hu_window")
-            check_model_config({k: record[k] for k in shared}, {k: model_config[k] for k in shared}, path)
-        network = build_network(record)
-        load_network_weights(network, path, None)
+        network = load_regressor(path, record, model_config)
         return cls(network.to(device) if device is not None else network, name=os.path.basename(os.fspath(path)))
 
-    @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``inputs (B, V, H, W)`` network-scale views -> ``(B, 1, X, Y, Z)`` CT-scale estimate."""
-        out = self.network(None, None, inputs, view_mask=view_mask).float()
-        return out.clamp(-1.0, 1.0) if self.clip else out
+        """``inputs (B, V, H, W)`` network-scale views -> ``(B, 1, X, Y, Z)`` CT-scale estimate
+        (:class:`RegressionInferer`'s forward pass; repeated calls with the same tensors reuse it)."""
+        last = self._last
+        if last is not None and last[0] is inputs and last[1] is view_mask:
+            return last[2]
+        estimate = self._inferer(inputs, self.network, view_mask=view_mask)
+        self._last = (inputs, view_mask, estimate)
+        return estimate
 
 
 class RegressionInferer(Inferer):
