@@ -187,19 +187,29 @@ def test_inference_config_builds_the_sampler_with_the_prior(tmp_path):
 
 def test_shipped_prior_pairs_only_the_shipped_cascade_and_warns_when_its_unet_is_missing(tmp_path, caplog):
     (tmp_path / "models" / "baselines").mkdir(parents=True)
-    (tmp_path / "models" / "model.pt").write_bytes(b"")
-    assert shipped_prior(tmp_path / "models" / "model.pt", tmp_path) is None  # no U-Net file in this copy
-    assert f"regression_prior: {tmp_path / 'models' / 'baselines' / 'unet_3d.pt'} is missing" in caplog.text
-    (tmp_path / "models" / "baselines" / "unet_3d.pt").write_bytes(b"")
-    assert shipped_prior(tmp_path / "models" / "model.pt", tmp_path) == str(tmp_path / "models/baselines/unet_3d.pt")
-    assert shipped_prior(tmp_path / "models" / ".." / "models" / "model.pt", tmp_path) is not None  # same file
-    assert shipped_prior(tmp_path / "mine.pt", tmp_path) is None  # the user's own cascade: no prior by default
+    cascade, unet = tmp_path / "models" / "model.pt", tmp_path / "models" / "baselines" / "unet_3d.pt"
+    cascade.write_bytes(b"")
+    assert shipped_prior(cascade, cascade, unet) is None  # no U-Net file in this copy
+    assert f"regression_prior: {unet} is missing" in caplog.text
+    unet.write_bytes(b"")
+    assert shipped_prior(cascade, cascade, unet) == str(unet)
+    assert shipped_prior(tmp_path / "models" / ".." / "models" / "model.pt", cascade, unet) == str(unet)  # same file
+    assert shipped_prior(tmp_path / "mine.pt", cascade, unet) is None  # the user's own cascade: no prior by default
 
 
 @pytest.mark.parametrize("off", [None, False, "", "None", "null", "false", "OFF", "no"])
 def test_the_command_line_switches_the_prior_off_with_false_or_none(off):
     # MONAI's runner drops an override of None, so `--regression_prior#ckpt_path false` is the switch.
     assert load_regression_prior(off) is None
+
+
+def test_a_missing_prior_checkpoint_is_refused_naming_the_setting(tmp_path):
+    message = (
+        f"regression_prior#ckpt_path: {tmp_path / 'nope.pt'} does not exist (a regression checkpoint, or false for "
+        "none)."
+    )
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}$"):
+        load_regression_prior(tmp_path / "nope.pt")
 
 
 @torch.no_grad()

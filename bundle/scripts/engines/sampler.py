@@ -242,27 +242,23 @@ class CascadeSampler(Inferer):
         return sample
 
 
-#: The shipped cascade and the regression prior it is sampled with by default (paths under the bundle root).
-SHIPPED_CASCADE, SHIPPED_PRIOR = "models/model.pt", "models/baselines/unet_3d.pt"
-
-
-def shipped_prior(ckpt_path: str | os.PathLike, bundle_root: str | os.PathLike) -> str | None:
-    """The regression prior ``ckpt_path`` gets by default (inference.yaml ``regression_prior#ckpt_path``): the shipped
-    U-Net for the shipped cascade (they were trained on the same data), none for any other checkpoint. A shipped
-    cascade whose U-Net file is missing (a partial copy of the bundle) runs without the prior, with a warning naming
-    the file, rather than failing."""
-    root = Path(bundle_root)
-    if os.path.realpath(os.fspath(ckpt_path)) != os.path.realpath(root / SHIPPED_CASCADE):
+def shipped_prior(
+    ckpt_path: str | os.PathLike, shipped_cascade: str | os.PathLike, shipped_prior_path: str | os.PathLike
+) -> str | None:
+    """The regression prior ``ckpt_path`` gets by default (inference.yaml ``regression_prior#ckpt_path``):
+    ``shipped_prior_path`` (the shipped U-Net) when ``ckpt_path`` is ``shipped_cascade`` (the shipped cascade; they
+    were trained on the same data), none for any other checkpoint. A shipped cascade whose U-Net file is missing (a
+    partial copy of the bundle) runs without the prior, with a warning naming the file, rather than failing."""
+    if os.path.realpath(os.fspath(ckpt_path)) != os.path.realpath(os.fspath(shipped_cascade)):
         return None
-    prior = root / SHIPPED_PRIOR
-    if not prior.is_file():
+    if not Path(shipped_prior_path).is_file():
         logger.warning(
             "regression_prior: %s is missing; the shipped cascade runs without its regression prior (about 4 dB "
             "lower PSNR on the held-out phantoms). Restore the file or pass --regression_prior#ckpt_path.",
-            prior,
+            shipped_prior_path,
         )
         return None
-    return str(prior)
+    return str(shipped_prior_path)
 
 
 #: What switches the regression prior off on the command line (MONAI's runner drops an override of ``None``).
@@ -275,6 +271,10 @@ def load_regression_prior(path, model_config=None, device=None) -> RegressionPri
     (:meth:`RegressionPrior.from_checkpoint`)."""
     if path is None or path is False or str(path).strip().lower() in PRIOR_OFF:
         return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"regression_prior#ckpt_path: {path} does not exist (a regression checkpoint, or false for none)."
+        )
     return RegressionPrior.from_checkpoint(path, model_config, device)
 
 
