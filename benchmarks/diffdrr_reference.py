@@ -65,10 +65,10 @@ def ray_mismatch_mm(drr, geometry: ProjectionGeometry) -> float:
     """Largest distance (mm) between DiffDRR's and our ray end points (source and pixel centre) over all pixels."""
     from diffdrr.pose import RigidTransform
 
-    src, tgt = drr.detector(RigidTransform(poses(geometry)), None)  # (V, 1, 3), (V, H·W, 3)
+    src, tgt = drr.detector(RigidTransform(poses(geometry).to(drr.density.device)), None)  # (V, 1, 3), (V, H·W, 3)
     rays = geometry.rays()
     ours_src = rays.origins.reshape(geometry.num_views, -1, 3)
     ours_tgt = ours_src + rays.directions.reshape_as(ours_src) * rays.lengths.reshape(geometry.num_views, -1, 1)
-    d_src = (src.double() - ours_src).norm(dim=-1).max()
-    d_tgt = (tgt.double() - ours_tgt).norm(dim=-1).max()
+    d_src = (src.double().cpu() - ours_src).norm(dim=-1).max()
+    d_tgt = (tgt.double().cpu() - ours_tgt).norm(dim=-1).max()
     return float(max(d_src, d_tgt))
