@@ -129,3 +129,12 @@ def test_missing_peer_leaves_its_fields_empty(monkeypatch):
         assert r["speedup_vs_nanodrr"] is None and r["diffdrr_s"] > 0
     assert drr_peers.summary(rows)["drr_speedup_vs_nanodrr"] is None
     assert drr_peers.markdown(rows)[-1].startswith("Missing: nanodrr not importable")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_drr_peer_rows_cuda():
+    rows = drr_peers.drr_peer_rows("cuda", [32], detector=32, batch=2, repeats=1, stamp={})
+    for r in rows:
+        assert r["nanodrr_backend"] == "triton" and r["peer_errors"] is None
+        assert r["diffdrr_ray_mismatch_mm"] < RAY_TOL_MM and r["nanodrr_ray_mismatch_mm"] < RAY_TOL_MM
+        assert r["diffdrr_mean_rel_diff"] < 1e-5 and r["nanodrr_mean_rel_diff"] < 0.01
