@@ -13,6 +13,7 @@ must yield its own split, and a run of a seed preset on CPU is minutes, too long
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import statistics
 from collections.abc import Callable, Sequence
@@ -59,11 +60,17 @@ def preset_parser(preset: str, device: str):
 
 def phantom_hu(parser, size: int = 64) -> tuple[torch.Tensor, list[float]]:
     """``(1, 1, size³)`` HU of a held-out synthetic chest phantom on the config's field of view, and its spacing."""
+    spacing = [parser["fov_mm"] / size] * 3
+    return _phantom(float(parser["fov_mm"]), size).clone(), spacing
+
+
+@functools.lru_cache(maxsize=2)
+def _phantom(fov_mm: float, size: int) -> torch.Tensor:
+    """The phantom of :func:`phantom_hu`, made once per process (about a second each on a CPU)."""
     from scripts.data import synthetic_chest_ct
 
-    spacing = [parser["fov_mm"] / size] * 3
-    hu, _ = synthetic_chest_ct(size, spacing, seed=1000)
-    return torch.from_numpy(hu)[None, None], spacing
+    hu, _ = synthetic_chest_ct(size, [fov_mm / size] * 3, seed=1000)
+    return torch.from_numpy(hu)[None, None]
 
 
 def xray_pair(parser, device: str) -> torch.Tensor:

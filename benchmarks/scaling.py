@@ -75,7 +75,8 @@ class _PeakMemory:
 
 def build_stage(spec: dict, device: str):
     """The cascade truncated after ``spec['stage']``, its grids set to ``spec['grid']`` for that stage (earlier
-    stages scaled alike), the stage entry updated by ``spec['override']``; returns ``(network, parser)``."""
+    stages scaled alike), every stage entry updated by ``spec['all_stages']``, the trained one then by
+    ``spec['override']``, the encoder by ``spec['encoder']``; returns ``(network, parser)``."""
     from scripts.networks import XrayToCTCascade
 
     from benchmarks.cascade import preset_parser
@@ -86,13 +87,15 @@ def build_stage(spec: dict, device: str):
     scale = stages[stage]["grid_size"] / spec["grid"]
     for s in stages:
         s["grid_size"] = int(round(s["grid_size"] / scale))
+    for s in stages:  # e.g. narrower blocks for a CPU dry run (benchmarks/gpu_check.py)
+        s.update(spec.get("all_stages", {}))
     stages[stage].update(spec.get("override", {}))
     geometry = parser.get_parsed_content("geometry")
     network = XrayToCTCascade(
         geometry,
         parser["fov_mm"],
         stages,
-        encoder=parser["encoder"],
+        encoder=dict(parser["encoder"], **spec.get("encoder", {})),
         use_depth_lifting=parser["use_depth_lifting"],
         gradient_checkpointing=spec.get("gradient_checkpointing", False),
     )

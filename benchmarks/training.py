@@ -26,7 +26,9 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 1
 
 
 def train_step(spec: dict) -> dict:
-    """``spec``: preset, stage, grid, device, repeats, gradient_checkpointing. One row."""
+    """``spec``: preset, stage, grid, device, repeats, gradient_checkpointing, optional batch (default 1). One row.
+
+    A batch of ``b`` repeats the one phantom pair ``b`` times: the cost of a step does not depend on the values."""
     from monai.bundle import ConfigParser
     from monai.networks.schedulers import DDPMScheduler
     from scripts.engines import CascadeDiffusionTrainer, DiffusionObjective, DRRConsistencyLoss, freeze_for_stage
@@ -48,10 +50,11 @@ def train_step(spec: dict) -> dict:
     physics = DRRConsistencyLoss(
         parser.get_parsed_content("composer"), parser["hu_window"], train["physics_loss_weight"], gate
     )
-    xray = xray_pair(parser, device)
+    batch_size = int(spec.get("batch", 1))
+    xray = xray_pair(parser, device).repeat(batch_size, 1, 1, 1)
     hu, _ = phantom_hu(parser)
     low, high = parser["hu_window"]
-    ct = ((hu.clamp(low, high) - low) / (high - low) * 2 - 1).to(device)  # (1, 1, 64, 64, 64) CT scale
+    ct = ((hu.clamp(low, high) - low) / (high - low) * 2 - 1).to(device).repeat(batch_size, 1, 1, 1, 1)  # CT scale
     batch = {"xray": xray}
     for s in range(stage + 1):
         grid = network.grid_size(s)
@@ -87,7 +90,7 @@ def train_step(spec: dict) -> dict:
     for d, c in zip(network.stages, checkpointing, strict=True):
         d["denoiser"].gradient_checkpointing = c
     dtype = torch.bfloat16 if cuda else torch.float32
-    rate = matmul_rate(device, dtype, 8192 if cuda else 2048, 10 if cuda else 3)
+    rate = spec.get("matmul_rate") or matmul_rate(device, dtype, 8192 if cuda else 2048, 10 if cuda else 3)
     flops = counter.get_total_flops()
     return {
         **stamp_for(device),
@@ -95,7 +98,7 @@ def train_step(spec: dict) -> dict:
         "preset": spec["preset"],
         "stage": stage,
         "grid": list(network.grid_size(stage)),
-        "batch": 1,
+        "batch": batch_size,
         "dtype": "bf16 autocast" if cuda else "float32",
         "gradient_checkpointing": bool(spec.get("gradient_checkpointing", False)),
         "drr_loss": True,

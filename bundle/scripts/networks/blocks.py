@@ -35,7 +35,10 @@ class TimestepEmbedder(nn.Module):
         half = self.frequency_dim // 2
         freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         args = t.float()[:, None] * freqs[None]  # (B, half)
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))  # (B, D)
+        # the features in the weights' dtype: float32 for a float32 network (unchanged), float64 for a float64 one
+        # (the reference of the CPU/GPU agreement test); autocast still runs the MLP in bf16
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.mlp[0].weight.dtype)
+        return self.mlp(features)  # (B, D)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,569 @@
+"""The GPU check's measurements, one section per process; ``benchmarks/gpu_check.sh`` runs them and the summary.
+
+    python benchmarks/gpu_check.py --section drr --work DIR [--dry-run]
+    python benchmarks/gpu_check.py --summarize --work DIR --out DIR [--dry-run]
+
+Sections (each writes ``WORK/<section>.json`` after every row, so that a section stopped at its time limit keeps
+what it measured):
+
+* ``drr``: our DRR renderer against DiffDRR and nanodrr on the same rays, one volume and a batch of volumes through
+  fixed geometry, 128³ and 256³, two 256² views (``benchmarks/drr_peers.py``).
+* ``train``: a bf16 training step with the DRR loss for each stage of ``progressive_3stage`` (64³, 128³, 256³) at
+  batch 1 and 2 (``benchmarks/training.py``: the bundle's ``CascadeDiffusionTrainer._iteration``), step time, peak
+  memory, model-FLOP utilisation against the measured matmul rate; the same step for MONAI's stock 3D
+  ``DiffusionModelUNet`` at 64³ and 128³ as the peer.
+* ``inference``: the whole 3-stage cascade to 256³ from a PA + lateral pair, bf16 autocast, one sample, at the
+  default steps per stage and at 10 and 5, eager: seconds per case after warm-up and the first call.
+* ``compile``: the same with every stage's denoiser under ``torch.compile`` (inductor) and under
+  ``torch.compile(mode="reduce-overhead")`` (inductor + CUDA graphs); the first call includes the compilation.
+* ``workflow``: ``quick_2stage`` trained on synthetic phantoms by ``train.yaml`` for a wall-clock budget, resumed,
+  and evaluated by ``evaluate.yaml`` (``benchmarks/gpu_workflow.py``).
+
+``--dry-run``: the same code on the CPU at tiny sizes (grids an eighth of the seed's, two sampling steps, inductor
+replaced by dynamo's ``eager`` backend and CUDA graphs left out, since neither exists on a CPU check), so that the
+script is known to run before device minutes are spent. Dry-run figures are not measurements of anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bundle"), str(ROOT)]
+
+SECTIONS = ("drr", "train", "inference", "compile", "workflow")
+#: The seed cascade's grids (progressive_3stage) and the peer's grids.
+STAGE_GRIDS = (64, 128, 256)
+UNET_GRIDS = (64, 128)
+#: MONAI's stock 3D denoiser as the peer: three levels, attention at the coarsest (as MONAI's 3D DDPM tutorials),
+#: 41.3 M parameters; it has no X-ray conditioning, so it is timed on the same objective without it.
+UNET_PEER = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 1,
+    "channels": (64, 128, 256),
+    "attention_levels": (False, False, True),
+    "num_res_blocks": 2,
+    "num_head_channels": 32,
+}
+#: Targets of issue 18 (H200, bf16).
+TARGETS = {
+    "inference_256_s": 1.0,
+    "train_stage3_peak_gb": 6.0,
+    "train_stage3_mfu": 0.35,
+    "drr_speedup_vs_diffdrr": 5.0,
+    "drr_speedup_vs_nanodrr": 1.0,
+    "stage_step_growth_exponent": 1.0,
+}
+
+
+def sizes(dry_run: bool) -> dict:
+    """What each section runs: the GPU sizes of issue 18, or an eighth of them for the CPU dry run."""
+    if dry_run:
+        return {
+            "device": "cpu",
+            "scale": 8,
+            "drr_grids": [16, 32],
+            "detector": 32,
+            "drr_batch": 2,
+            "repeats": 1,
+            "batches": [1, 2],
+            "steps": [2, 1],
+            "compile_modes": [("default", "eager")],
+            "workflow_budget_s": 10.0,
+            # narrower blocks: the seed's widths (256-512, 4-8 blocks) make each CPU step seconds, not milliseconds
+            "all_stages": {"width": 32, "depth": 1, "heads": 2},
+            "encoder": {"stem_channels": [8, 16], "dim": 32, "heads": 2, "depth": 1, "global_dim": 32},
+            "unet_channels": (32, 32, 32),  # GroupNorm of 32 groups: the fewest channels it takes
+        }
+    return {
+        "device": "cuda",
+        "scale": 1,
+        "drr_grids": [128, 256],
+        "detector": 256,
+        "drr_batch": 8,
+        "repeats": 3,
+        "batches": [1, 2],
+        "steps": [None, 10, 5],  # None: inference.yaml's num_inference_steps
+        "compile_modes": [("default", "inductor"), ("reduce-overhead", "inductor")],
+        "workflow_budget_s": 150.0,  # training time; with the evaluation ~3 minutes
+        "all_stages": {},
+        "encoder": {},
+        "unet_channels": UNET_PEER["channels"],
+    }
+
+
+class Rows:
+    """A section's rows, written to ``WORK/<section>.json`` after each one (a timed-out section keeps them)."""
+
+    def __init__(self, work: Path, section: str) -> None:
+        self.path, self.rows = work / f"{section}.json", []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.rows, indent=2, default=str))
+        os.replace(tmp, self.path)
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (dict, list))}, default=str), flush=True)
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ---- drr --------------------------------------------------------------------------------------------------------
+def section_drr(cfg: dict, rows: Rows) -> None:
+    from benchmarks import drr_peers
+    from benchmarks.run import stamp_for
+
+    for row in drr_peers.drr_peer_rows(
+        cfg["device"], cfg["drr_grids"], cfg["detector"], cfg["drr_batch"], cfg["repeats"], stamp_for(cfg["device"])
+    ):
+        rows.add(row)
+
+
+# ---- train ------------------------------------------------------------------------------------------------------
+def section_train(cfg: dict, rows: Rows) -> None:
+    from benchmarks import training
+
+    device = cfg["device"]
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rate = training.matmul_rate(device, dtype, 8192 if cuda else 1024, 10 if cuda else 3)  # once for all rows
+    for batch in cfg["batches"]:
+        for stage, full in enumerate(STAGE_GRIDS):
+            spec = {
+                "preset": "progressive_3stage",
+                "stage": stage,
+                "grid": full // cfg["scale"],
+                "batch": batch,
+                "device": device,
+                "repeats": cfg["repeats"],
+                "gradient_checkpointing": False,
+                "matmul_rate": rate,
+                "all_stages": cfg["all_stages"],
+                "encoder": cfg["encoder"],
+            }
+            _free(device)
+            rows.add(dict(training.train_step(spec), kind="cascade"))
+    for batch in cfg["batches"]:
+        for full in UNET_GRIDS:
+            _free(device)
+            rows.add(unet_step(device, full // cfg["scale"], batch, cfg["repeats"], rate, cfg["unet_channels"]))
+
+
+def unet_step(device: str, grid: int, batch: int, repeats: int, rate: float, channels=UNET_PEER["channels"]) -> dict:
+    """MONAI's ``DiffusionModelUNet`` trained as our stage is: v-loss + the DRR loss of x̂0 (timestep inside the
+    gate), bf16 autocast on CUDA, gradient clipping, AdamW; peak memory and MFU measured as for the cascade."""
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import DiffusionModelUNet
+    from monai.networks.schedulers import DDPMScheduler
+    from scripts.engines import DiffusionObjective, DRRConsistencyLoss
+
+    from benchmarks.cascade import CONFIGS, phantom_hu, preset_parser, xray_pair
+    from benchmarks.run import stamp_for
+    from benchmarks.scaling import _PeakMemory, flop_counter
+    from benchmarks.timing import seconds_per_call, timed_call
+
+    cuda = device.startswith("cuda")
+    parser = preset_parser("progressive_3stage", device)
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.yaml"))
+    heads = min(UNET_PEER["num_head_channels"], channels[-1])
+    args = dict(UNET_PEER, channels=tuple(channels), num_head_channels=heads)
+    net = DiffusionModelUNet(**args, use_flash_attention=cuda).to(device)
+    objective = DiffusionObjective(
+        DDPMScheduler(parser["num_train_timesteps"], schedule=parser["noise_schedule"], prediction_type="v_prediction")
+    )
+    gate = train["physics_timestep_gate"]
+    t = torch.full((batch,), int(gate * objective.num_train_timesteps) // 2, device=device)
+    physics = DRRConsistencyLoss(
+        parser.get_parsed_content("composer"), parser["hu_window"], train["physics_loss_weight"], gate
+    ).to(device)
+    xray = xray_pair(parser, device).repeat(batch, 1, 1, 1)
+    hu, _ = phantom_hu(parser)
+    low, high = parser["hu_window"]
+    x0 = torch.nn.functional.interpolate(((hu.clamp(low, high) - low) / (high - low) * 2 - 1), size=(grid,) * 3)
+    x0 = x0.to(device).repeat(batch, 1, 1, 1, 1)
+    noise = torch.randn_like(x0)
+    spacing = [parser["fov_mm"] / grid] * 3
+    optimizer = torch.optim.AdamW(net.parameters(), lr=train["learning_rate"], weight_decay=train["weight_decay"])
+
+    def step() -> None:
+        x_t = objective.corrupt(x0, noise, t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            v = net(x_t, t)
+        loss = torch.nn.functional.mse_loss(v.float(), objective.target(x0, noise, t))
+        loss = loss + physics(objective.predict_x0(x_t, v.float(), t), xray, t, objective.num_train_timesteps, spacing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), train["clip_grad_norm"])
+        optimizer.step()
+
+    first = timed_call(step)[1]
+    with _PeakMemory(device) as memory:
+        seconds = seconds_per_call(step, repeats)
+    with flop_counter() as counter:
+        step()
+    flops = counter.get_total_flops()
+    return {
+        **stamp_for(device),
+        "section": "train",
+        "kind": "monai_unet",
+        "network": "monai.networks.nets.DiffusionModelUNet",
+        "network_args": {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
+        "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
+        "grid": [grid] * 3,
+        "batch": batch,
+        "dtype": "bf16 autocast" if cuda else "float32",
+        "drr_loss": True,
+        "first_step_s": first,
+        "step_s": seconds,
+        "repeats": repeats,
+        "peak_GiB": memory.total,
+        "peak_above_start_GiB": memory.peak,
+        "model_TFLOP_per_step": flops / 1e12,
+        "matmul_TFLOPs": rate / 1e12,
+        "achieved_TFLOPs": flops / seconds / 1e12,
+        "mfu": flops / seconds / rate,
+    }
+
+
+# ---- inference and compile --------------------------------------------------------------------------------------
+def _cascade(cfg: dict):
+    """``(parser, network, views, post)`` of the 3-stage cascade (untrained weights: timing only), one sample."""
+    from benchmarks.cascade import preset_parser, xray_pair
+
+    parser = preset_parser("progressive_3stage", cfg["device"])
+    if cfg["scale"] > 1:
+        scaled = [dict(s, grid_size=s["grid_size"] // cfg["scale"], **cfg["all_stages"]) for s in parser["stages"]]
+        parser["stages"] = scaled
+        parser["encoder"] = dict(parser["encoder"], **cfg["encoder"])
+    parser["num_samples"] = 1
+    network = parser.get_parsed_content("network_def").to(cfg["device"]).eval()
+    return parser, network, xray_pair(parser, cfg["device"]), parser.get_parsed_content("postprocessing")
+
+
+def _time_inference(cfg: dict, parser, network, views, post, steps: int | None, compiled: str) -> dict:
+    from benchmarks.run import stamp_for
+    from benchmarks.timing import seconds_per_call, timed_call
+
+    default = parser["num_inference_steps"]
+    parser["num_inference_steps"] = default if steps is None else steps
+    parser.parse(reset=True)
+    inferer = parser.get_parsed_content("inferer")
+    parser["num_inference_steps"] = default
+
+    def case() -> dict:
+        with torch.no_grad():
+            out = inferer(views, network)  # (1, 2, X, Y, Z): mean, std on the CT scale
+        return post({"pred": out[0].cpu()})  # HU MetaTensors on the CPU: the case is done
+
+    data, first = timed_call(case)
+    assert tuple(data["pred"].shape[1:]) == network.grid_size(network.num_stages - 1)
+    if cfg["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    seconds = seconds_per_call(case, cfg["repeats"])
+    row = {
+        **stamp_for(cfg["device"]),
+        "section": "inference",
+        "preset": "progressive_3stage",
+        "grids": [list(network.grid_size(s)) for s in range(network.num_stages)],
+        "views": list(views.shape[1:]),
+        "num_samples": 1,
+        "sampler": parser["sampler_type"],
+        "steps_per_stage": parser["num_inference_steps"] if steps is None else steps,
+        "default_steps": steps is None,
+        "dtype": "bf16 autocast" if cfg["device"].startswith("cuda") else "float32",
+        "compiled": compiled,
+        "weights": "untrained (timing only)",
+        "first_call_s": first,
+        "case_s": seconds,
+        "repeats": cfg["repeats"],
+    }
+    if cfg["device"].startswith("cuda"):
+        row["peak_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    return row
+
+
+def section_inference(cfg: dict, rows: Rows) -> None:
+    parser, network, views, post = _cascade(cfg)
+    for steps in cfg["steps"]:
+        rows.add(_time_inference(cfg, parser, network, views, post, steps, "eager"))
+
+
+def section_compile(cfg: dict, rows: Rows) -> None:
+    """Each mode in a fresh network (a fresh compilation); default steps first, then the fewest."""
+    for mode, backend in cfg["compile_modes"]:
+        torch._dynamo.reset()
+        parser, network, views, post = _cascade(cfg)
+        for entry in network.stages:
+            entry["denoiser"].compile(mode=None if backend == "eager" else mode, backend=backend)
+        label = f"torch.compile({backend}, mode={mode})" + (" + CUDA graphs" if mode == "reduce-overhead" else "")
+        for steps in (cfg["steps"][0], cfg["steps"][-1]):
+            rows.add(_time_inference(cfg, parser, network, views, post, steps, label))
+        del network
+        _free(cfg["device"])
+
+
+# ---- workflow ---------------------------------------------------------------------------------------------------
+def section_workflow(cfg: dict, rows: Rows, work: Path) -> None:
+    from benchmarks import gpu_workflow
+    from benchmarks.run import stamp_for
+
+    result = gpu_workflow.run_workflow(
+        cfg["device"], work / "workflow", cfg["workflow_budget_s"], dry_run=cfg["device"] == "cpu"
+    )
+    rows.add({**stamp_for(cfg["device"]), "section": "workflow", **result})
+
+
+# ---- summary ----------------------------------------------------------------------------------------------------
+def _load(work: Path, name: str) -> list[dict]:
+    path = work / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _status(work: Path, name: str) -> str:
+    path = work / f"{name}.status"
+    return path.read_text().strip() if path.exists() else "not run"
+
+
+def growth_exponents(train_rows: list[dict]) -> list[dict]:
+    """Per batch: log(step-time ratio) / log(voxel ratio) between consecutive stages (≤ 1: at most linear)."""
+    out = []
+    cascade = [r for r in train_rows if r.get("kind") == "cascade"]
+    for batch in sorted({r["batch"] for r in cascade}):
+        series = sorted((r for r in cascade if r["batch"] == batch), key=lambda r: r["stage"])
+        for a, b in zip(series, series[1:], strict=False):
+            voxels = math.prod(b["grid"]) / math.prod(a["grid"])
+            out.append(
+                {
+                    "batch": batch,
+                    "from": a["grid"][0],
+                    "to": b["grid"][0],
+                    "time_ratio": b["step_s"] / a["step_s"],
+                    "voxel_ratio": voxels,
+                    "exponent": math.log(b["step_s"] / a["step_s"]) / math.log(voxels),
+                }
+            )
+    return out
+
+
+def summarize(work: Path, dry_run: bool) -> dict:
+    """``gpu_summary.json``'s content: the headline numbers of issue 18, the targets, every section's rows."""
+    from benchmarks import drr_peers, gpu_workflow
+    from benchmarks.run import machine
+
+    cfg = sizes(dry_run)
+    device = cfg["device"]
+    drr, train, inference = _load(work, "drr"), _load(work, "train"), _load(work, "inference")
+    compiled, workflow = _load(work, "compile"), _load(work, "workflow")
+    final = max(STAGE_GRIDS) // cfg["scale"]
+
+    def pick(rows, **match):
+        return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+    stage3 = pick(train, kind="cascade", stage=2, batch=1)
+    unet128 = pick(train, kind="monai_unet", batch=1, grid=[128 // cfg["scale"]] * 3)
+    default_rows = [r for r in inference + compiled if r["default_steps"]]
+    best = min(default_rows, key=lambda r: r["case_s"]) if default_rows else None
+    eager = pick(inference, default_steps=True)
+    growth = growth_exponents(train)
+    peers = drr_peers.summary(drr) if drr else {}
+    summary = {
+        "device": machine(device) if not device.startswith("cuda") or torch.cuda.is_available() else device,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "dry_run": dry_run,
+        "note": "CPU dry run at an eighth of the sizes: checks that the script runs; not a measurement"
+        if dry_run
+        else "one H200-class GPU, bf16 autocast",
+        "inference_256_s": best["case_s"] if best else None,
+        "inference_256_setting": f"{best['compiled']}, {best['steps_per_stage']} steps per stage" if best else None,
+        "inference_256_eager_s": eager[0]["case_s"] if eager else None,
+        "inference_256_first_call_s": eager[0]["first_call_s"] if eager else None,
+        "inference_grid": final,
+        "train_stage3_step_s": stage3[0]["step_s"] if stage3 else None,
+        "train_stage3_peak_gb": stage3[0]["peak_GiB"] * 2**30 / 1e9 if stage3 else None,
+        "train_stage3_mfu": stage3[0]["mfu"] if stage3 else None,
+        "drr_speedup_vs_diffdrr": peers.get("drr_speedup_vs_diffdrr"),
+        "drr_speedup_vs_nanodrr": peers.get("drr_speedup_vs_nanodrr"),
+        "drr_summary": peers,
+        "monai_unet_128_step_s": unet128[0]["step_s"] if unet128 else None,
+        "stage_step_growth": growth,
+        "quick_2stage_psnr": workflow[0].get("quick_2stage_psnr") if workflow else None,
+        "sections": {name: _status(work, name) for name in ("cuda_tests", *SECTIONS)},
+        "cuda_tests": _load_tests(work),
+        "rows": {"drr": drr, "train": train, "inference": inference, "compile": compiled, "workflow": workflow},
+    }
+    summary["targets"] = targets(summary)
+    summary["markdown"] = markdown(summary, drr_peers, gpu_workflow)
+    return summary
+
+
+def _load_tests(work: Path) -> dict:
+    path = work / "cuda_tests.txt"
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return {"last_line": lines[-1] if lines else "", "skipped": [line for line in lines if "SKIPPED" in line][:20]}
+
+
+def targets(s: dict) -> list[dict]:
+    """Each target, the measured value and whether it is met (None: not measured)."""
+    growth = max((g["exponent"] for g in s["stage_step_growth"] if g["batch"] == 1), default=None)
+    checks = [
+        ("256³ inference from two X-rays, s per case", s["inference_256_s"], "<=", TARGETS["inference_256_s"]),
+        ("stage-3 training step peak memory, GB (batch 1)", s["train_stage3_peak_gb"], "<=", 6.0),
+        ("stage-3 training step MFU (batch 1)", s["train_stage3_mfu"], ">=", 0.35),
+        ("DRR renderer speed-up over DiffDRR", s["drr_speedup_vs_diffdrr"], ">=", 5.0),
+        ("DRR renderer speed-up over nanodrr, batched fixed geometry", s["drr_speedup_vs_nanodrr"], ">=", 1.0),
+        ("step-time growth exponent per stage (time ~ voxels^e)", growth, "<=", 1.0),
+    ]
+    out = []
+    for name, value, op, goal in checks:
+        met = None if value is None else (value <= goal if op == "<=" else value >= goal)
+        out.append({"target": name, "goal": f"{op} {goal:g}", "measured": value, "met": met})
+    return out
+
+
+MET = {None: "not measured", True: "yes", False: "no"}
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown(s: dict, drr_peers, gpu_workflow) -> str:
+    from benchmarks.run import markdown_table
+
+    lines = [
+        f"# GPU check ({s['device']}, torch {s['torch']}, {s['date']})",
+        "",
+        f"**{s['note']}.**",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += markdown_table(
+        "| target | goal | measured | met |",
+        s["targets"],
+        lambda t: [t["target"], t["goal"], _fmt(t["measured"]), MET[t["met"]]],
+    )
+    lines += ["", "## Sections", ""]
+    lines += markdown_table("| section | status |", s["sections"].items(), lambda kv: list(kv))
+    if s["cuda_tests"]:
+        lines += ["", f"CUDA tests (`pytest -k cuda`): {s['cuda_tests']['last_line']}"]
+    rows = s["rows"]
+    if rows["drr"]:
+        lines += ["", "## DRR renderer against DiffDRR and nanodrr (same rays)", ""] + drr_peers.markdown(rows["drr"])
+    if rows["train"]:
+        lines += ["", "## Training step with the DRR loss (bf16 autocast on CUDA)", ""]
+        lines += markdown_table(
+            "| network | grid | batch | params M | step s (first) | peak GiB | model TFLOP/step | achieved TFLOP/s "
+            "| matmul TFLOP/s | MFU |",
+            rows["train"],
+            lambda r: [
+                f"cascade stage {r['stage'] + 1}" if r.get("kind") == "cascade" else "MONAI DiffusionModelUNet",
+                f"{r['grid'][0]}³",
+                r["batch"],
+                f"{r.get('trainable_params_M', r.get('params_M', 0.0)):.1f}",
+                f"{r['step_s']:.4f} ({r['first_step_s']:.2f})",
+                f"{r['peak_GiB']:.2f}",
+                f"{r['model_TFLOP_per_step']:.3f}",
+                f"{r['achieved_TFLOPs']:.1f}",
+                f"{r['matmul_TFLOPs']:.1f}",
+                f"{r['mfu']:.1%}",
+            ],
+        )
+        if s["stage_step_growth"]:
+            lines += ["", "Step time against voxels between stages (exponent ≤ 1: at most linear):", ""]
+            lines += markdown_table(
+                "| batch | from → to | time × | voxels × | exponent |",
+                s["stage_step_growth"],
+                lambda g: [
+                    g["batch"],
+                    f"{g['from']}³ → {g['to']}³",
+                    f"{g['time_ratio']:.2f}",
+                    f"{g['voxel_ratio']:.0f}",
+                    f"{g['exponent']:.2f}",
+                ],
+            )
+    inference = rows["inference"] + rows["compile"]
+    if inference:
+        lines += ["", "## Three-stage inference, two views → CT in HU, one sample (untrained weights)", ""]
+        lines += markdown_table(
+            "| grids | compiled | steps/stage | s per case | first call s | peak GiB |",
+            inference,
+            lambda r: [
+                " → ".join(f"{g[0]}³" for g in r["grids"]),
+                r["compiled"],
+                r["steps_per_stage"],
+                f"{r['case_s']:.3f}",
+                f"{r['first_call_s']:.2f}",
+                _fmt(r.get("peak_GiB"), ".2f"),
+            ],
+        )
+    if rows["workflow"]:
+        lines += ["", "## quick_2stage trained by train.yaml, resumed, evaluated by evaluate.yaml", ""]
+        lines += gpu_workflow.markdown(rows["workflow"][0])
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--section", choices=SECTIONS)
+    parser.add_argument("--summarize", action="store_true")
+    parser.add_argument("--work", required=True, help="folder of the sections' JSON files")
+    parser.add_argument("--out", help="where --summarize writes gpu_summary.json and gpu_summary.md")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args()
+    work = Path(args.work)
+    if args.summarize:
+        summary = summarize(work, args.dry_run)
+        out = Path(args.out or work)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_summary.md").write_text(summary.pop("markdown"))
+        (out / "gpu_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        print((out / "gpu_summary.md").read_text())
+        return
+    if not args.section:
+        parser.error("give --section NAME or --summarize")
+    cfg = sizes(args.dry_run)
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        parser.error(f"no CUDA device is available to this PyTorch ({torch.__version__}); on a CPU use --dry-run")
+    if cfg["device"] == "cpu":
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    rows = Rows(work, args.section)
+    started = time.perf_counter()
+    try:
+        if args.section == "workflow":
+            section_workflow(cfg, rows, work)
+        else:
+            globals()[f"section_{args.section}"](cfg, rows)
+    except Exception:
+        traceback.print_exc()
+        (work / f"{args.section}.status").write_text(
+            f"failed after {time.perf_counter() - started:.0f} s: {traceback.format_exc().strip().splitlines()[-1]}"
+        )
+        sys.exit(1)
+    (work / f"{args.section}.status").write_text(f"ok ({time.perf_counter() - started:.0f} s, {len(rows.rows)} rows)")
+
+
+if __name__ == "__main__":
+    main()
