@@ -116,7 +116,8 @@ def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool) -> 
         relative to ``out_dir``) and the settings (``device``, ``budget_s``, ``dry_run``, ``time_limits_s``).
 
     Raises:
-        RuntimeError: a step failed (its command, log and last lines), or the resumed run did not continue.
+        RuntimeError: a step failed (its command, log and last lines), the resumed run did not continue, or an
+            evaluation case failed.
     """
     out_dir = Path(out_dir).resolve()
     amp = device.startswith("cuda")
@@ -179,7 +180,10 @@ def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool) -> 
         "overwrite": "True",
         **(DRY_EVAL if dry_run else {}),
     }
-    step("evaluation", EVAL_FILES, overrides)
+    log = step("evaluation", EVAL_FILES, overrides)
+    report = json.loads((evaluation / "inference_report.json").read_text())
+    if report.get("failed") or not report.get("done"):
+        raise RuntimeError(f"evaluation: {len(report.get('failed', []))} failed cases, see {log}.")
     metrics = json.loads((evaluation / "metrics.json").read_text())
     mean = metrics["mean"]
     result.update({f"quick_2stage_{k}": mean["model"][k] for k in METRICS})
@@ -187,7 +191,6 @@ def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool) -> 
     result["baseline_psnr"] = {m: v["psnr"] for m, v in mean.items() if m not in ("model", "best_constant")}
     result["eval_cases"] = metrics["cases"]
     result["eval_s_per_case"] = mean["model"]["seconds"]
-    report = json.loads((evaluation / "inference_report.json").read_text())
     first = report["done"][0]
     result["sampling"] = {"num_samples": first["num_samples"], **first["sampling"]}
     return result

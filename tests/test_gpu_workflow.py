@@ -4,9 +4,12 @@ four bundle-runner processes on the CPU at tiny sizes."""
 from __future__ import annotations
 
 import math
+import sys
 
+import pytest
 from conftest import ROOT
 
+from benchmarks import domain_gap
 from benchmarks.gpu_workflow import markdown, run_workflow
 
 
@@ -38,3 +41,12 @@ def test_dry_run_trains_resumes_and_evaluates(tmp_path):
     assert all((tmp_path / log).stat().st_size > 0 for log in result["logs"])
     table = markdown(result)
     assert table[1] == "|---|---|" and any("resumed at" in row for row in table)
+
+
+def test_a_failed_step_names_its_command_log_and_last_lines(tmp_path, monkeypatch):
+    failing = [sys.executable, "-c", "import sys; print('first'); print('bad setting: stage'); sys.exit(3)"]
+    monkeypatch.setattr(domain_gap, "bundle_command", lambda files, overrides: failing)
+    with pytest.raises(RuntimeError) as info:
+        run_workflow("cpu", tmp_path, budget_s=2.0, dry_run=True)
+    log = tmp_path / "logs" / "stage_0.log"
+    assert str(info.value) == f"{' '.join(failing)} exited with 3; log {log}, last lines:\nfirst\nbad setting: stage"
