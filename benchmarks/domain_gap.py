@@ -51,8 +51,9 @@ SEARCHED = [
 ]
 
 
-def _bundle(config_files: list[str], overrides: dict, log: Path, env: dict | None = None) -> float:
-    """Run ``python -m monai.bundle run`` (niced) with ``overrides``; returns its wall time (s)."""
+def bundle_command(config_files: list[str], overrides: dict) -> list[str]:
+    """The argv of ``python -m monai.bundle run`` (niced; ``run training`` when ``train.yaml`` is stacked) over
+    ``config_files`` (names under bundle/configs) with ``overrides`` (strings as they are, other values as JSON)."""
     files = "[" + ",".join(f"'{CONFIGS / f}'" for f in config_files) + "]"
     cmd = ["nice", "-n", "10", sys.executable, "-m", "monai.bundle", "run"]
     if "train.yaml" in config_files:
@@ -60,10 +61,23 @@ def _bundle(config_files: list[str], overrides: dict, log: Path, env: dict | Non
     cmd += ["--config_file", files]
     for key, value in overrides.items():
         cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return cmd
+
+
+def _bundle(config_files: list[str], overrides: dict, log: Path, env: dict | None = None) -> float:
+    """Run :func:`bundle_command` from the repository root, its output into ``log``; returns its wall time (s).
+
+    Raises:
+        RuntimeError: the run failed; the message names the command, the log and the log's last lines.
+    """
+    cmd = bundle_command(config_files, overrides)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as out:
-        subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True, env=env)
+        code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(cmd)} exited with {code}; log {log}, last lines:\n{tail}")
     return time.perf_counter() - start
 
 

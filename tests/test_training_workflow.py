@@ -192,6 +192,32 @@ def test_training_state_is_kept_once_per_stage_and_replaced_on_resume(tmp_path):
     assert all(torch.equal(model[k], v) for k, v in again["ema"].items())  # model.pt: the resumed run's EMA
 
 
+def test_time_limit_stops_training_and_still_writes_the_final_checkpoint_and_state(tmp_path):
+    settings = dict(
+        TINY, dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs")
+    )
+    settings.update(max_epochs=100_000, val_interval=100_000, time_limit_s=1)  # only the limit can end it
+    workflow = ConfigWorkflow(config_file=config_files("train.yaml"), workflow_type=None, run_id="training", **settings)
+    workflow.initialize()
+    log = _Messages()
+    limit_logger = logging.getLogger("ignite.handlers.time_limit.TimeLimit")  # ignite's own, made at initialize
+    limit_logger.addHandler(log)
+    try:
+        workflow.run()
+    finally:
+        limit_logger.removeHandler(log)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    workflow.finalize()
+    assert log.messages == ["Reached the time limit: 1 sec. Stop training"]
+    assert trainer.should_terminate and 1 <= trainer.state.iteration < 100_000
+    # terminate() still fires COMPLETED: the final EMA weights and the state at the last iteration are written.
+    stage0 = tmp_path / "models" / "stage_0"
+    model = torch.load(stage0 / "model.pt", weights_only=True)
+    state = torch.load(stage0 / "training_state.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == trainer.state.iteration
+    assert all(torch.equal(model[k], v) for k, v in state["ema"].items())
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "rectified_flow"])
 @pytest.mark.parametrize("use_physics_loss", [True, False])
 def test_other_objectives_train_and_validate(tmp_path, prediction_type, use_physics_loss):
