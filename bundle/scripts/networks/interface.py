@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["CHECKPOINT_RECORDS", "CascadeLike", "check_stage", "skip_checkpoint_records", "unwrap"]
+__all__ = ["CHECKPOINT_RECORDS", "CascadeLike", "check_stage", "is_cascade_like", "skip_checkpoint_records", "unwrap"]
 
 #: The plain (non-tensor) entries a weights file of this bundle holds beside the network's state dict: what the
 #: weights mean and how they were trained (:mod:`scripts.checkpoint.files`).
@@ -33,6 +33,20 @@ class CascadeLike(Protocol):
     def grid_size(self, stage: int) -> tuple[int, int, int]: ...
 
     def encode(self, xray: torch.Tensor, view_mask: torch.Tensor | None = None) -> Any: ...
+
+
+#: The members of :class:`CascadeLike`.
+_MEMBERS = ("encoder", "stages", "stage_configs", "num_stages", "grid_size", "encode")
+
+
+def is_cascade_like(network: object) -> bool:
+    """Whether ``network`` has every member of :class:`CascadeLike`, looked up as an attribute access finds it.
+
+    ``isinstance(network, CascadeLike)`` is not that test from Python 3.12 on: runtime protocols look members up
+    statically (``inspect.getattr_static``), and an ``nn.Module``'s submodules (``encoder``, ``stages``) live in its
+    ``_modules`` and are found by ``__getattr__`` only, so every cascade would be refused.
+    """
+    return all(hasattr(network, name) for name in _MEMBERS)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
