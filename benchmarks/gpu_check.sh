@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_check.sh --dry-run        # the same script on the CPU at tiny sizes (about a minute)
 #   bash benchmarks/gpu_check.sh --unpack-only    # only unpack the carried packages (first of the two device calls)
 #   options: --out DIR (default benchmarks/results; the dry run: a temporary folder), --work DIR, --use-carried (the
-#   dry run with the carried packages instead of the installed ones)
+#   dry run with the carried packages instead of the installed ones), --sections "train compile" (rerun only these, e.g.
+#   after a fix, in the same --work folder: the summary takes the other sections' rows from the earlier run)
 #
 # Packages: the device image has torch, triton, numpy, scipy, pandas, pyyaml, tqdm, tensorboard, einops, jaxtyping,
 # rich, typer, humanize; benchmarks/gpu_wheels.sh (run where PyPI is reachable) puts the rest, for Python 3.12, into
@@ -26,6 +27,7 @@ ROOT=$PWD
 DRY=0
 UNPACK_ONLY=0
 USE_CARRIED=0
+ONLY=""
 OUT_DIR=""
 WORK=""
 while [ $# -gt 0 ]; do
@@ -33,9 +35,10 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --unpack-only) UNPACK_ONLY=1 ;;
     --use-carried) USE_CARRIED=1 ;;
+    --sections) ONLY=" $2 "; shift ;;
     --out) OUT_DIR=$2; shift ;;
     --work) WORK=$2; shift ;;
-    *) echo "gpu_check.sh: unknown option $1 (expected --dry-run, --unpack-only, --use-carried, --out DIR, --work DIR)" >&2; exit 2 ;;
+    *) echo "gpu_check.sh: unknown option $1 (expected --dry-run, --unpack-only, --use-carried, --sections LIST, --out DIR, --work DIR)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -101,7 +104,14 @@ run() {
   echo "== $name: $(cat "$WORK/$name.status")" | tee -a "$LOG"
 }
 
-rm -f "$WORK"/*.status
+wanted() { [ -z "$ONLY" ] || [[ "$ONLY" == *" $1 "* ]]; }
+for name in $ONLY; do
+  case " cuda_tests drr train inference compile workflow " in
+    *" $name "*) rm -f "$WORK/$name.status" "$WORK/$name.json" ;;
+    *) echo "gpu_check.sh: unknown section $name (expected cuda_tests drr train inference compile workflow)" >&2; exit 2 ;;
+  esac
+done
+[ -z "$ONLY" ] && rm -f "$WORK"/*.status "$WORK"/*.json
 # The CUDA tests: CPU/GPU agreement of the renderer and of a cascade forward pass (skipped without CUDA).
 # Only the files that hold such tests: the others import packages the device image lacks (jsonschema, itk).
 cuda_tests() {
@@ -116,14 +126,14 @@ cuda_tests() {
 export -f cuda_tests
 export PY WORK
 if [ "$DRY" = 1 ]; then
-  run cuda_tests 60 bash -c cuda_tests
   LIMITS=(drr:60 train:120 inference:60 compile:60 workflow:150)
 else
-  run cuda_tests 60 bash -c cuda_tests
   LIMITS=(drr:60 train:90 inference:75 workflow:230 compile:150)
 fi
+wanted cuda_tests && run cuda_tests 60 bash -c cuda_tests
 for entry in "${LIMITS[@]}"; do
   name=${entry%%:*}
+  wanted "$name" || continue
   run "$name" "${entry##*:}" $PY benchmarks/gpu_check.py --section "$name" --work "$WORK" $FLAG
 done
 

@@ -86,7 +86,21 @@ def test_unknown_option_is_refused_by_name():
     run = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
-        "gpu_check.sh: unknown option --fast (expected --dry-run, --unpack-only, --use-carried, --out DIR, --work DIR)"
+        "gpu_check.sh: unknown option --fast (expected --dry-run, --unpack-only, --use-carried, --sections LIST, "
+        "--out DIR, --work DIR)"
+    )
+
+
+def test_unknown_section_is_refused_by_name(tmp_path):
+    run = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--sections", "train gpu", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and not (tmp_path / "train.status").exists()
+    assert run.stderr.strip().splitlines()[-1] == (
+        "gpu_check.sh: unknown section gpu (expected cuda_tests drr train inference compile workflow)"
     )
 
 
