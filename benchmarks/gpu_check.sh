@@ -50,7 +50,9 @@ if [ "$DRY" = 1 ] && [ "$USE_CARRIED" = 0 ]; then SITE=/nonexistent; fi
 for archive in .whl/site.tar.xz .whl-sitk/simpleitk.tar.xz; do
   [ "$SITE" = /nonexistent ] && break
   if [ -f "$archive" ]; then
-    mkdir -p "$SITE" && tar -xJf "$archive" -C "$SITE" || { echo "gpu_check.sh: cannot unpack $archive" >&2; exit 1; }
+    # Python's tarfile (lzma is in the standard library): the image need not have xz
+    mkdir -p "$SITE" && ${PYTHON:-python3} -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+      "$archive" "$SITE" || { echo "gpu_check.sh: cannot unpack $archive into $SITE" >&2; exit 1; }
     echo "unpacked $archive into $SITE"
   fi
 done
