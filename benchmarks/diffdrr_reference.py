@@ -66,6 +66,12 @@ def ray_mismatch_mm(drr, geometry: ProjectionGeometry) -> float:
     from diffdrr.pose import RigidTransform
 
     src, tgt = drr.detector(RigidTransform(poses(geometry).to(drr.density.device)), None)  # (V, 1, 3), (V, H·W, 3)
+    return endpoint_mismatch_mm(src, tgt, geometry)
+
+
+def endpoint_mismatch_mm(src: torch.Tensor, tgt: torch.Tensor, geometry: ProjectionGeometry) -> float:
+    """Largest distance (mm) of a peer's ray sources ``(V, 1 or H·W, 3)`` and pixel centres ``(V, H·W, 3)`` (world
+    mm, any device) from ours, over all pixels."""
     rays = geometry.rays()
     ours_src = rays.origins.reshape(geometry.num_views, -1, 3)
     ours_tgt = ours_src + rays.directions.reshape_as(ours_src) * rays.lengths.reshape(geometry.num_views, -1, 1)

@@ -119,12 +119,9 @@ def ray_mismatch_mm(drr, geometry: ProjectionGeometry) -> float:
     """Largest distance (mm) between nanodrr's and our ray end points (source and pixel centre) over all pixels."""
     from nanodrr.geometry import transform_point
 
+    from benchmarks.diffdrr_reference import endpoint_mismatch_mm
+
     poses = rt_inv(geometry).to(drr.tgt.device)
     src = transform_point(poses, drr.src)  # (V, 1, 3) world mm
     tgt = transform_point(poses, drr.tgt)  # (V, H·W, 3) world mm
-    rays = geometry.rays()
-    ours_src = rays.origins.reshape(geometry.num_views, -1, 3)
-    ours_tgt = ours_src + rays.directions.reshape_as(ours_src) * rays.lengths.reshape(geometry.num_views, -1, 1)
-    d_src = (src.double().cpu() - ours_src).norm(dim=-1).max()
-    d_tgt = (tgt.double().cpu() - ours_tgt).norm(dim=-1).max()
-    return float(max(d_src, d_tgt))
+    return endpoint_mismatch_mm(src, tgt, geometry)
