@@ -76,12 +76,15 @@ class _PeakMemory:
 def build_stage(spec: dict, device: str):
     """The cascade truncated after ``spec['stage']``, its grids set to ``spec['grid']`` for that stage (earlier
     stages scaled alike), every stage entry updated by ``spec['all_stages']``, the trained one then by
-    ``spec['override']``, the encoder by ``spec['encoder']``; returns ``(network, parser)``."""
+    ``spec['override']``, the encoder by ``spec['encoder']``, config keys by ``spec['parser_overrides']``; returns
+    ``(network, parser)``."""
     from scripts.networks import XrayToCTCascade
 
     from benchmarks.cascade import preset_parser
 
     parser = preset_parser(spec["preset"], device)
+    for key, value in spec.get("parser_overrides", {}).items():  # e.g. a smaller detector for a CPU dry run
+        parser[key] = value
     stage = spec["stage"]
     stages = [dict(s) for s in parser["stages"][: stage + 1]]
     scale = stages[stage]["grid_size"] / spec["grid"]
