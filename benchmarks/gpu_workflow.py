@@ -95,7 +95,7 @@ def _engine_seconds(log: Path) -> float | None:
     return None if not found else int(found[-1][0]) * 3600 + int(found[-1][1]) * 60 + float(found[-1][2])
 
 
-def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool) -> dict:
+def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool, progress=None) -> dict:
     """Train ``quick_2stage`` for ``budget_s`` seconds of training time on ``device``, resume it once, evaluate it.
 
     Args:
@@ -105,6 +105,8 @@ def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool) -> 
         budget_s: seconds of training over the three runs (20 / 20 / 60 %; each run's limit in whole seconds, at
             least 1); set-up, data preparation and the evaluation come on top.
         dry_run: tiny sizes (``DRY_TRAIN``, ``DRY_EVAL``), same commands.
+        progress: called with a copy of the result so far after each step (a caller stopped at a time limit keeps
+            what was done), or None.
 
     Returns:
         ``quick_2stage_{psnr,ssim,mae_hu,drr_error,x2ct_psnr,x2ct_ssim}`` (means over the evaluation's cases; PSNR in
@@ -130,6 +132,8 @@ def run_workflow(device: str, out_dir: Path, budget_s: float, dry_run: bool) -> 
         result["commands"].append(_relative(bundle_command(files, overrides), out_dir))
         result["logs"].append(str(log.relative_to(out_dir)))
         result["wall_s"][name] = round(_bundle(files, overrides, log, _env()), 1)
+        if progress is not None:
+            progress(json.loads(json.dumps(result)))
         return log
 
     logs = {}

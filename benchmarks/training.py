@@ -10,6 +10,8 @@ gradient checkpointing) / step time / the measured dense matmul rate of the same
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -18,10 +20,17 @@ from benchmarks.scaling import _PeakMemory, build_stage, flop_counter
 from benchmarks.timing import seconds_per_call, timed_call
 
 
-def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
-    """Measured FLOP/s of ``n × n`` matmuls (the MFU denominator); ``repeats`` timed matmuls after Timer's warm-up."""
+def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 10, warmup_s: float = 0.0) -> float:
+    """Measured FLOP/s of ``n × n`` matmuls (the MFU denominator); ``repeats`` timed matmuls after Timer's warm-up,
+    and before that ``warmup_s`` seconds of matmuls (a GPU fresh from idle runs its clocks up first: timed cold, the
+    rate would be low and every MFU against it high)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    start = time.perf_counter()
+    while time.perf_counter() - start < warmup_s:
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
     return 2 * n**3 / seconds_per_call(lambda: a @ b, repeats)
 
 

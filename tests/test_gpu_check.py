@@ -162,3 +162,29 @@ def test_targets_compare_each_figure_with_its_goal():
     assert [t["met"] for t in targets] == [False, True, True, False, True, None, True, None, False]
     assert targets[-1]["measured"] == 1.1 and targets[0]["goal"] == "<= 1"
     assert targets[0]["target"] == "256³ inference from two X-rays, s per case"
+
+
+def test_compiled_denoisers_are_one_static_graph_per_stage():
+    """What the GPU check compiles: each of progressive_3stage's three denoisers (global attention; the dry run's
+    sizes) is captured whole, once, with static shapes. The three share their code, and dynamo's automatic dynamic
+    shapes would recompile stages 2 and 3 for symbolic sizes; a graph break would split the CUDA graphs."""
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        # the graph's inputs as dynamo traced them: tensors with symbolic sizes, or SymInt inputs, mean dynamic shapes
+        values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        graphs.append([tuple(v.shape) if isinstance(v, torch.Tensor) else v for v in values])
+        return gm.forward
+
+    torch._dynamo.reset()
+    cfg = gpu_check.sizes(True)
+    parser, network, views, post = gpu_check._cascade(cfg)
+    gpu_check.compile_denoisers(network, "default", recording_backend)
+    eager = gpu_check._time_inference(cfg, parser, network, views, post, 1, "recorded")
+    assert eager["case_s"] > 0
+    assert len(graphs) == network.num_stages  # one graph per stage: no breaks, no recompilation
+    assert all(isinstance(shape, tuple) for shapes in graphs for shape in shapes)  # no SymInt inputs
+    assert all(type(d) is int for shapes in graphs for shape in shapes for d in shape)  # no symbolic sizes
+    voxels = [max(math.prod(shape) for shape in shapes) for shapes in graphs]
+    assert voxels == sorted(voxels) and len(set(voxels)) == 3  # stage by stage, each on its own grid
+    torch._dynamo.reset()

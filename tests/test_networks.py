@@ -355,31 +355,3 @@ def test_bad_forward_inputs_are_named():
         net(torch.randn(1, 1, 16, 16, 16), torch.tensor(1), xray)
     with pytest.raises(ValueError, match="previous: stage 1 needs the previous stage's volume"):
         net(torch.randn(1, 1, 32, 32, 32), torch.tensor([1]), xray, stage=1)
-
-
-def test_each_denoiser_traces_as_one_graph_for_torch_compile():
-    """The GPU check compiles each stage's denoiser (``torch.compile``, also with CUDA graphs, which a graph break
-    would split into eager pieces): dynamo captures a whole denoiser call as one graph, without breaks."""
-    net = small_cascade(random_weights=True)
-    captured = {}
-    denoiser = net.stages[1]["denoiser"]
-    forward = denoiser.forward
-
-    def spy(*args, **kwargs):
-        captured["args"], captured["kwargs"] = args, kwargs
-        return forward(*args, **kwargs)
-
-    denoiser.forward = spy
-    h, w = net.encoder.image_size
-    with torch.no_grad():
-        net(
-            torch.randn(1, 1, *net.grid_size(1)),
-            torch.tensor([300]),
-            torch.rand(1, 2, h, w) * 2 - 1,
-            stage=1,
-            previous=torch.randn(1, 1, *net.grid_size(0)),
-        )
-    del denoiser.forward
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(denoiser)(*captured["args"], **captured["kwargs"])
-    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
