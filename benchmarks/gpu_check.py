@@ -27,6 +27,7 @@ script is known to run before device minutes are spent. Dry-run figures are not 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import gc
 import json
@@ -68,46 +69,50 @@ TARGETS = {
 }
 
 
+#: What each section runs on the GPU: the sizes of issue 18.
+GPU_SIZES = {
+    "device": "cuda",
+    "scale": 1,
+    "drr_grids": [128, 256],
+    "detector": 256,
+    "drr_batch": 8,
+    "repeats": 3,
+    "batches": [1, 2],
+    "steps": [None, 10, 5],  # None: inference.yaml's num_inference_steps
+    "compile_modes": [("reduce-overhead", "inductor"), ("default", "inductor")],  # the likelier fastest first
+    # training (stage 0 20 s, its resumption 20 s, stage 1 60 s): with the four processes' start, the data and the
+    # evaluation about 3 minutes, which is what the 9-minute budget leaves after the other sections
+    "workflow_budget_s": 100.0,
+    "all_stages": {},
+    "encoder": {},
+    "unet_channels": UNET_PEER["channels"],
+    "parser_overrides": {},
+}
+#: The CPU dry run: an eighth of the grids, what else a CPU needs to run it in about two minutes.
+DRY_RUN_SIZES = dict(
+    GPU_SIZES,
+    device="cpu",
+    scale=8,
+    drr_grids=[16, 32],
+    detector=32,
+    drr_batch=2,
+    repeats=1,
+    steps=[2, 1],
+    compile_modes=[("default", "eager")],  # inductor compiles for minutes on a CPU; CUDA graphs need a GPU
+    workflow_budget_s=10.0,
+    # narrower blocks: the seed's widths (256-512, 4-8 blocks) make each CPU step seconds, not milliseconds
+    all_stages={"width": 32, "depth": 1, "heads": 2},
+    encoder={"stem_channels": [8, 16], "dim": 32, "heads": 2, "depth": 1, "global_dim": 32},
+    unet_channels=(32, 32, 32),  # GroupNorm of 32 groups: the fewest channels it takes
+    # a 32² detector over the same 563 mm (the tests' geometry): tracing the DRR matrices of 128² views was most of
+    # each dry-run training row
+    parser_overrides={"geometry#detector_shape": [32, 32], "geometry#pixel_spacing_mm": [17.6, 17.6]},
+)
+
+
 def sizes(dry_run: bool) -> dict:
-    """What each section runs: the GPU sizes of issue 18, or an eighth of them for the CPU dry run."""
-    if dry_run:
-        return {
-            "device": "cpu",
-            "scale": 8,
-            "drr_grids": [16, 32],
-            "detector": 32,
-            "drr_batch": 2,
-            "repeats": 1,
-            "batches": [1, 2],
-            "steps": [2, 1],
-            "compile_modes": [("default", "eager")],
-            "workflow_budget_s": 10.0,
-            # narrower blocks: the seed's widths (256-512, 4-8 blocks) make each CPU step seconds, not milliseconds
-            "all_stages": {"width": 32, "depth": 1, "heads": 2},
-            "encoder": {"stem_channels": [8, 16], "dim": 32, "heads": 2, "depth": 1, "global_dim": 32},
-            "unet_channels": (32, 32, 32),  # GroupNorm of 32 groups: the fewest channels it takes
-            # a 32² detector over the same 563 mm (the tests' geometry): tracing the DRR matrices of 128² views was
-            # most of each dry-run training row
-            "parser_overrides": {"geometry#detector_shape": [32, 32], "geometry#pixel_spacing_mm": [17.6, 17.6]},
-        }
-    return {
-        "device": "cuda",
-        "scale": 1,
-        "drr_grids": [128, 256],
-        "detector": 256,
-        "drr_batch": 8,
-        "repeats": 3,
-        "batches": [1, 2],
-        "steps": [None, 10, 5],  # None: inference.yaml's num_inference_steps
-        "compile_modes": [("reduce-overhead", "inductor"), ("default", "inductor")],  # the likelier fastest first
-        # training (stage 0 20 s, its resumption 20 s, stage 1 60 s): with the four processes' start, the data and
-        # the evaluation about 3 minutes, which is what the 9-minute budget leaves after the other sections
-        "workflow_budget_s": 100.0,
-        "all_stages": {},
-        "encoder": {},
-        "unet_channels": UNET_PEER["channels"],
-        "parser_overrides": {},
-    }
+    """What each section runs: :data:`GPU_SIZES`, or :data:`DRY_RUN_SIZES` for the CPU dry run (a copy)."""
+    return copy.deepcopy(DRY_RUN_SIZES if dry_run else GPU_SIZES)
 
 
 class Rows:
