@@ -139,10 +139,10 @@ class Rows:
 
 
 def _free(device: str) -> None:
+    """The previous row's tensors released (each row's peak is measured from its own start, ``_PeakMemory``)."""
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 # ---- drr --------------------------------------------------------------------------------------------------------
@@ -195,37 +195,23 @@ def section_train(cfg: dict, rows: Rows) -> None:
 def unet_step(device: str, grid: int, batch: int, repeats: int, rate: float, cfg: dict) -> dict:
     """MONAI's ``DiffusionModelUNet`` trained as our stage is: v-loss + the DRR loss of x̂0 (timestep inside the
     gate), bf16 autocast on CUDA, gradient clipping, AdamW; peak memory and MFU measured as for the cascade."""
-    from monai.bundle import ConfigParser
     from monai.networks.nets import DiffusionModelUNet
-    from monai.networks.schedulers import DDPMScheduler
-    from scripts.engines import DiffusionObjective, DRRConsistencyLoss
 
-    from benchmarks.cascade import CONFIGS, phantom_hu, xray_pair
     from benchmarks.run import stamp_for
     from benchmarks.scaling import _PeakMemory, flop_counter
     from benchmarks.timing import seconds_per_call, timed_call
+    from benchmarks.training import drr_step_setup
 
     cuda = device.startswith("cuda")
     parser = _parser(cfg, device)
     channels = cfg["unet_channels"]
-    train = ConfigParser()
-    train.read_config(str(CONFIGS / "train.yaml"))
     heads = min(UNET_PEER["num_head_channels"], channels[-1])
     args = dict(UNET_PEER, channels=tuple(channels), num_head_channels=heads)
     net = DiffusionModelUNet(**args, use_flash_attention=cuda).to(device)
-    objective = DiffusionObjective(
-        DDPMScheduler(parser["num_train_timesteps"], schedule=parser["noise_schedule"], prediction_type="v_prediction")
-    )
-    gate = train["physics_timestep_gate"]
-    t = torch.full((batch,), int(gate * objective.num_train_timesteps) // 2, device=device)
-    physics = DRRConsistencyLoss(
-        parser.get_parsed_content("composer"), parser["hu_window"], train["physics_loss_weight"], gate
-    ).to(device)
-    xray = xray_pair(parser, device).repeat(batch, 1, 1, 1)
-    hu, _ = phantom_hu(parser)
-    low, high = parser["hu_window"]
-    x0 = torch.nn.functional.interpolate(((hu.clamp(low, high) - low) / (high - low) * 2 - 1), size=(grid,) * 3)
-    x0 = x0.to(device).repeat(batch, 1, 1, 1, 1)
+    parts = drr_step_setup(parser, device, batch)
+    train, objective, physics, xray = (parts[k] for k in ("train", "objective", "physics", "xray"))
+    t = torch.full((batch,), parts["t_fixed"], device=device)
+    x0 = torch.nn.functional.interpolate(parts["ct"], size=(grid,) * 3, mode="trilinear")
     noise = torch.randn_like(x0)
     spacing = [parser["fov_mm"] / grid] * 3
     optimizer = torch.optim.AdamW(net.parameters(), lr=train["learning_rate"], weight_decay=train["weight_decay"])

@@ -34,37 +34,55 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 1
     return 2 * n**3 / seconds_per_call(lambda: a @ b, repeats)
 
 
+def drr_step_setup(parser, device: str, batch_size: int) -> dict:
+    """What a timed training step with the DRR loss needs beside its network, from ``parser`` (common.yaml + a
+    preset) and train.yaml: ``train`` (that config, raw values), ``objective`` (v-prediction on the config's noise
+    schedule), ``t_fixed`` (a timestep inside the DRR loss's gate, so that every timed step renders), ``physics``
+    (the DRR consistency loss), ``xray`` ``(B, V, H, W)`` and ``ct`` ``(B, 1, 64, 64, 64)`` on the CT scale: the
+    held-out phantom repeated ``batch_size`` times (a step's cost does not depend on the values)."""
+    from monai.bundle import ConfigParser
+    from monai.networks.schedulers import DDPMScheduler
+    from scripts.engines import DiffusionObjective, DRRConsistencyLoss
+    from scripts.physics import hu_to_ct_scale
+
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.yaml"))  # loss weights and optimiser settings (raw values only)
+    objective = DiffusionObjective(
+        DDPMScheduler(parser["num_train_timesteps"], schedule=parser["noise_schedule"], prediction_type="v_prediction")
+    )
+    gate = train["physics_timestep_gate"]
+    physics = DRRConsistencyLoss(
+        parser.get_parsed_content("composer"), parser["hu_window"], train["physics_loss_weight"], gate
+    )
+    hu, _ = phantom_hu(parser)
+    low, high = parser["hu_window"]
+    return {
+        "train": train,
+        "objective": objective,
+        "t_fixed": int(gate * objective.num_train_timesteps) // 2,  # inside the gate: the DRR loss is on
+        "physics": physics.to(device),
+        "xray": xray_pair(parser, device).repeat(batch_size, 1, 1, 1),
+        "ct": hu_to_ct_scale(hu.clamp(low, high), parser["hu_window"]).to(device).repeat(batch_size, 1, 1, 1, 1),
+    }
+
+
 def train_step(spec: dict) -> dict:
     """``spec``: preset, stage, grid, device, repeats, gradient_checkpointing, optional batch (default 1). One row.
 
     A batch of ``b`` repeats the one phantom pair ``b`` times: the cost of a step does not depend on the values."""
-    from monai.bundle import ConfigParser
-    from monai.networks.schedulers import DDPMScheduler
-    from scripts.engines import CascadeDiffusionTrainer, DiffusionObjective, DRRConsistencyLoss, freeze_for_stage
+    from scripts.engines import CascadeDiffusionTrainer, freeze_for_stage
 
     from benchmarks.run import stamp_for
 
     device, stage = spec["device"], spec["stage"]
     cuda = device.startswith("cuda")
-    train = ConfigParser()
-    train.read_config(str(CONFIGS / "train.yaml"))  # loss weights and optimiser settings (raw values only)
     network, parser = build_stage(spec, device)
     freeze_for_stage(network, stage)
-    objective = DiffusionObjective(
-        DDPMScheduler(parser["num_train_timesteps"], schedule=parser["noise_schedule"], prediction_type="v_prediction")
-    )
-    gate = train["physics_timestep_gate"]
-    t_fixed = int(gate * objective.num_train_timesteps) // 2  # inside the gate: the DRR loss is on
-    objective.sample_timesteps = lambda x0, generator=None: torch.full((x0.shape[0],), t_fixed, device=x0.device)
-    physics = DRRConsistencyLoss(
-        parser.get_parsed_content("composer"), parser["hu_window"], train["physics_loss_weight"], gate
-    )
     batch_size = int(spec.get("batch", 1))
-    xray = xray_pair(parser, device).repeat(batch_size, 1, 1, 1)
-    hu, _ = phantom_hu(parser)
-    low, high = parser["hu_window"]
-    ct = ((hu.clamp(low, high) - low) / (high - low) * 2 - 1).to(device).repeat(batch_size, 1, 1, 1, 1)  # CT scale
-    batch = {"xray": xray}
+    parts = drr_step_setup(parser, device, batch_size)
+    train, objective, physics, t_fixed, ct = (parts[k] for k in ("train", "objective", "physics", "t_fixed", "ct"))
+    objective.sample_timesteps = lambda x0, generator=None: torch.full((x0.shape[0],), t_fixed, device=x0.device)
+    batch = {"xray": parts["xray"]}
     for s in range(stage + 1):
         grid = network.grid_size(s)
         batch[f"image_{grid[0]}"] = F.interpolate(ct, size=grid, mode="trilinear")
@@ -78,7 +96,7 @@ def train_step(spec: dict) -> dict:
         loss_function=torch.nn.MSELoss(),
         objective=objective,
         stage=stage,
-        physics_loss=physics.to(device),
+        physics_loss=physics,
         clip_grad_norm=train["clip_grad_norm"],
         amp=cuda,
     )
