@@ -218,6 +218,23 @@ def test_time_limit_stops_training_and_still_writes_the_final_checkpoint_and_sta
     assert all(torch.equal(model[k], v) for k, v in state["ema"].items())
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, "abc", True, ""])
+def test_a_bad_time_limit_is_refused_naming_the_setting(value):
+    from ignite.engine import Engine, Events
+    from scripts.utils import attach_time_limit
+
+    engine = Engine(lambda engine, batch: None)
+    with pytest.raises(ValueError) as info:
+        attach_time_limit(engine, value)
+    assert str(info.value) == (
+        f"time_limit_s must be a whole number of seconds, 0 or more (0: no limit), got {value!r}."
+    )
+    attach_time_limit(engine, 0)  # off: nothing attached
+    assert len(engine._event_handlers[Events.ITERATION_COMPLETED]) == 0
+    attach_time_limit(engine, "2")  # the command line may hand a number over as text
+    assert len(engine._event_handlers[Events.ITERATION_COMPLETED]) == 1
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "rectified_flow"])
 @pytest.mark.parametrize("use_physics_loss", [True, False])
 def test_other_objectives_train_and_validate(tmp_path, prediction_type, use_physics_loss):

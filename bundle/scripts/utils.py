@@ -11,7 +11,7 @@ from types import TracebackType
 
 from monai.utils import str2bool
 
-__all__ = ["USER_ERRORS", "atomic_write", "claim", "flag", "report_user_errors", "user_error"]
+__all__ = ["USER_ERRORS", "atomic_write", "attach_time_limit", "claim", "flag", "report_user_errors", "user_error"]
 
 #: What a user's input or setting raises (a missing, unreadable or implausible file; a bad value; an existing
 #: output): reported as one line. Anything else is a bug and keeps its traceback.
@@ -27,6 +27,20 @@ def flag(value: bool | str, name: str) -> bool:
         return str2bool(str(value))
     except ValueError:
         raise ValueError(f"{name} must be true or false, got {value!r}.") from None
+
+
+def attach_time_limit(engine, seconds: int | str, name: str = "time_limit_s") -> None:
+    """Stop ``engine`` (an ignite engine) ``seconds`` after this call, checked after every iteration (ignite's
+    ``TimeLimit``: it terminates the run, so COMPLETED still fires and the final checkpoint is written); 0: no limit.
+    A value that is not a whole number of seconds ≥ 0 is refused naming the setting (ignite's own errors do not)."""
+    from ignite.engine import Events
+    from ignite.handlers import TimeLimit
+
+    text = str(seconds).strip()
+    if isinstance(seconds, bool) or not text.isdigit():
+        raise ValueError(f"{name} must be a whole number of seconds, 0 or more (0: no limit), got {seconds!r}.")
+    if int(text) > 0:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(int(text)))
 
 
 GUIDANCE_MODES = {"auto": "rendered", "rendered": "rendered", "all": "all", "off": "off"}
